@@ -1,0 +1,53 @@
+# Tamiyo telemetry. `make train` in one terminal, `make tui` in another; `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed before the package so its range (torch>=2.3) then installs nothing more.
+# On a CPU-only machine with the local CPU wheel this is fast; on a GPU box the same pin pulls
+# the CUDA build from the index. Override, e.g.: make install TORCH="torch==2.14.1"
+TORCH ?= torch==2.13.0
+ENDPOINT ?= $(or $(TAMIYO_ENDPOINT),tcp://127.0.0.1:5555)
+ARGS ?=
+OUT ?= runs
+
+.DEFAULT_GOAL := help
+.PHONY: help install train tui archive alerts bench test lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  Variables: ARGS=\"...\" (flags for train/tui/archive/alerts), ENDPOINT=$(ENDPOINT), OUT=$(OUT), TORCH=$(TORCH)"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11+ is needed (got $$($(BIN)/python -V)); set PYTHON=python3.11"; exit 1; }
+	@$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install everything (done by the other targets on first use)
+
+train: $(VENV)/.installed ## Train Tamiyo and publish telemetry on ENDPOINT (flags: ARGS="--updates 500 ...")
+	$(BIN)/python -m producer --endpoint $(ENDPOINT) $(ARGS)
+
+tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port)
+	$(BIN)/python -m consumers.tui --endpoint $(ENDPOINT) $(ARGS)
+
+archive: $(VENV)/.installed ## Record a run to CSV under OUT (default runs/)
+	$(BIN)/python -m consumers.archiver --endpoint $(ENDPOINT) --out $(OUT) $(ARGS)
+
+alerts: $(VENV)/.installed ## Watch a run for trouble and print alerts
+	$(BIN)/python -m consumers.alerts --endpoint $(ENDPOINT) $(ARGS)
+
+bench: $(VENV)/.installed ## Benchmarks: ratios against references in one run; writes bench/results.json
+	$(BIN)/python -m bench $(ARGS)
+
+test: $(VENV)/.installed ## Run the test suite
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(VENV)/.installed ## ruff
+	$(BIN)/ruff check .
+
+clean: ## Remove the virtualenv and caches (keeps runs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Tamiyo's telemetry bus: wire contract, sockets and the aggregator; no torch, no textual."""

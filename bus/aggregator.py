@@ -1,0 +1,177 @@
+"""The fold every consumer runs: ``fold(state, item, received_at) -> state``, with no I/O and no clock.
+
+Like the ZeroMQ Guide's clone pattern, anything older than what the state holds is
+dropped: a seq at or below the newest one seen, or a message of an older run. A
+message of a newer run (a restarted producer) starts a fresh state.
+
+The fold updates ``state`` in place and returns it (bounded histories make copying
+every event wasteful); it reads nothing but its arguments, so replaying the same
+items into a fresh ``Snapshot`` always gives the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from bus.contract import (
+    BatchCompleted,
+    Envelope,
+    Heartbeat,
+    PPOUpdate,
+    TrainingFinished,
+    TrainingStarted,
+)
+from bus.feed import Gap
+from bus.state import PPO_HISTORY_FIELDS, Snapshot
+
+Item = Envelope | Gap
+
+
+def fold(state: Snapshot, item: Item, received_at: float | None = None) -> Snapshot:
+    """Apply one envelope or gap notice to ``state``; ``received_at`` is the consumer's clock."""
+    if isinstance(item, Gap):
+        return _apply_gap(state, item)
+    return _apply_envelope(state, item, item.ts if received_at is None else received_at)
+
+
+def fold_all(items: Iterable[Item], state: Snapshot | None = None) -> Snapshot:
+    """Fold a sequence of items into ``state`` (a fresh one by default), received at their own ts."""
+    state = Snapshot() if state is None else state
+    for item in items:
+        state = fold(state, item)
+    return state
+
+
+def _apply_envelope(state: Snapshot, env: Envelope, received_at: float) -> Snapshot:
+    if env.run_id != state.run.run_id:
+        if state.run.run_id and env.ts < state.run.first_ts:
+            state.delivery.duplicates += 1  # a straggler from a run we already left
+            return state
+        runs_seen = state.runs_seen + 1
+        state = Snapshot(runs_seen=runs_seen)
+        state.run.run_id = env.run_id
+        state.run.first_ts = env.ts
+    delivery = state.delivery
+    if env.seq <= delivery.last_seq:
+        delivery.duplicates += 1
+        return state
+    delivery.events += 1
+    delivery.last_seq = env.seq
+    delivery.last_event_at = received_at
+    delivery.last_ts = env.ts
+    _HANDLERS[type(env.event)](state, env.event, received_at)
+    return state
+
+
+def _apply_gap(state: Snapshot, gap: Gap) -> Snapshot:
+    if gap.run_id != state.run.run_id:
+        return state
+    delivery = state.delivery
+    delivery.gaps += 1
+    delivery.missed += gap.last - gap.first + 1
+    delivery.gap_ranges.append((gap.first, gap.last))
+    return state
+
+
+def _on_training_started(state: Snapshot, ev: TrainingStarted, received_at: float) -> None:
+    state.run.started = ev
+    infra = state.tamiyo.infrastructure
+    infra.compile_enabled = ev.compile_enabled
+    infra.compile_backend = ev.compile_backend
+    infra.compile_mode = ev.compile_mode
+
+
+def _on_ppo_update(state: Snapshot, ev: PPOUpdate, received_at: float) -> None:
+    t = state.tamiyo
+    t.ppo_data_received = True
+    t.update = ev.update
+    t.train_steps = ev.train_steps
+    t.policy_loss = ev.policy_loss
+    t.value_loss = ev.value_loss
+    t.entropy = ev.entropy
+    t.grad_norm = ev.grad_norm
+    t.kl_divergence = ev.kl_divergence
+    t.clip_fraction = ev.clip_fraction
+    t.explained_variance = ev.explained_variance
+    t.dead_layers = ev.dead_layers
+    t.exploding_layers = ev.exploding_layers
+    t.total_layers = ev.total_layers
+    t.nan_grad_count = ev.nan_grad_count
+    t.lr = ev.lr
+    t.update_time_ms = ev.update_time_ms
+    t.head_entropy = ev.head_entropy
+    t.head_grad_norm = ev.head_grad_norm
+
+    gq = t.gradient_quality
+    gq.gradient_cv = ev.gradient_cv
+    gq.gradient_cv_step = ev.gradient_cv_step
+    gq.clip_fraction_positive = ev.clip_fraction_positive
+    gq.clip_fraction_negative = ev.clip_fraction_negative
+
+    infra = t.infrastructure
+    infra.cuda_memory_allocated_gb = ev.cuda_memory_allocated_gb
+    infra.cuda_memory_reserved_gb = ev.cuda_memory_reserved_gb
+    infra.cuda_memory_peak_gb = ev.cuda_memory_peak_gb
+    infra.cuda_memory_fragmentation = ev.cuda_memory_fragmentation
+    infra.cuda_memory_step = ev.cuda_memory_step
+
+    history = t.history
+    for name in PPO_HISTORY_FIELDS:
+        history[name].append(getattr(ev, name))
+    if state.rollout.env_steps < ev.env_steps:
+        state.rollout.env_steps = ev.env_steps
+
+
+def _on_batch_completed(state: Snapshot, ev: BatchCompleted, received_at: float) -> None:
+    r = state.rollout
+    r.batches += 1
+    r.env_steps = ev.env_steps
+    r.fps = ev.fps
+    r.step_time_ms = ev.step_time_ms
+    r.episodes_completed = ev.episodes_completed
+    r.fps_history.append(ev.fps)
+    if ev.return_mean is not None:
+        r.return_mean = ev.return_mean
+        r.return_min = ev.return_min
+        r.return_max = ev.return_max
+        r.return_history.append(ev.return_mean)
+
+
+def _on_heartbeat(state: Snapshot, ev: Heartbeat, received_at: float) -> None:
+    d = state.delivery
+    d.last_heartbeat_at = received_at
+    d.heartbeat_period_s = ev.period_s
+    d.producer_phase = ev.phase
+    d.producer_dropped = ev.dropped
+    d.producer_uptime_s = ev.uptime_s
+
+
+def _on_training_finished(state: Snapshot, ev: TrainingFinished, received_at: float) -> None:
+    run = state.run
+    run.finished = True
+    run.finish_reason = ev.reason
+    run.finish_error = ev.error
+    state.delivery.producer_phase = "finished"
+
+
+_HANDLERS: dict[type, Callable[[Snapshot, object, float], None]] = {
+    TrainingStarted: _on_training_started,  # type: ignore[dict-item]
+    PPOUpdate: _on_ppo_update,  # type: ignore[dict-item]
+    BatchCompleted: _on_batch_completed,  # type: ignore[dict-item]
+    Heartbeat: _on_heartbeat,  # type: ignore[dict-item]
+    TrainingFinished: _on_training_finished,  # type: ignore[dict-item]
+}
+
+
+class Aggregator:
+    """A consumer's running fold: holds the current ``Snapshot`` and applies items to it."""
+
+    def __init__(self) -> None:
+        self.state = Snapshot()
+
+    def apply(self, item: Item, received_at: float | None = None) -> Snapshot:
+        self.state = fold(self.state, item, received_at)
+        return self.state
+
+    def reset(self) -> None:
+        self.state = Snapshot()

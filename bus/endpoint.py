@@ -1,0 +1,56 @@
+"""Endpoint defaults and the rule that the bus binds only to loopback unless told otherwise."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+ENDPOINT_ENV = "TAMIYO_ENDPOINT"
+
+
+class EndpointError(ValueError):
+    """An endpoint the bus refuses to use, with the reason and what to do instead."""
+
+
+def default_endpoint() -> str:
+    """``$TAMIYO_ENDPOINT`` when set, else ``tcp://127.0.0.1:5555``."""
+    return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+
+
+def host_of(endpoint: str) -> str:
+    """The host part of a ``tcp://host:port`` endpoint ('' for ipc/inproc)."""
+    if not endpoint.startswith("tcp://"):
+        return ""
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not host or not (port.isdigit() or port == "*"):
+        raise EndpointError(f"{endpoint!r} is not tcp://HOST:PORT")
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for tcp endpoints on 127.0.0.0/8, ::1 or localhost, and for ipc/inproc."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        raise EndpointError(f"{endpoint!r}: only tcp://, ipc:// and inproc:// endpoints are supported")
+    host = host_of(endpoint)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # an interface name or a hostname: not provably loopback
+
+
+def check_bind(endpoint: str, *, allow_remote: bool, curve: bool) -> None:
+    """Refuse to bind a non-loopback interface unless remote access was asked for and encrypted."""
+    if is_loopback(endpoint):
+        return
+    if not allow_remote:
+        raise EndpointError(
+            f"refusing to bind {endpoint}: it is not loopback. Watch a remote run through "
+            "an SSH tunnel (see README), or pass --allow-remote with CURVE keys."
+        )
+    if not curve:
+        raise EndpointError(f"binding {endpoint} needs CURVE keys (--curve-keys DIR); see README")

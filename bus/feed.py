@@ -1,0 +1,217 @@
+"""Orders one consumer's stream: merges replayed history with live messages by seq, reports gaps.
+
+This is the delivery logic shared by every consumer, kept free of sockets so it is
+tested as plain calls. The socket side (``bus.subscribe``) feeds it live messages,
+replayed messages and replay-end markers, and subscribes to ``feed.token`` whenever
+it changes.
+
+How it works: a consumer subscribes to the live topics and to a replay topic unique
+to itself; seeing that subscription, the publisher sends its cached history on that
+topic, then a ``ReplayEnd`` naming the newest seq it had sent. While a replay is
+awaited ("syncing") live messages are held; at the end, history and held messages
+are merged by seq with duplicates dropped. A later seq gap starts a resync under a
+fresh token (at most one per ``resync_interval``), so history the publisher still
+caches fills the hole; what it cannot fill is reported as a ``Gap``. A publisher that
+never replays costs ``sync_timeout`` once, after which the live stream flows as is.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from bus.contract import Envelope, ReplayEnd
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Messages ``first``..``last`` (inclusive) of ``run_id`` were never received."""
+
+    run_id: str
+    first: int
+    last: int
+    detected_at: float
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass
+class FeedStats:
+    """Counters of what the feed did with what it was given."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    gaps: int = 0
+    missed: int = 0
+    replays: int = 0
+    replayed: int = 0
+    resyncs: int = 0
+    sync_timeouts: int = 0
+    gap_log: list[Gap] = field(default_factory=list)
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+Item = Envelope | Gap
+
+
+class Feed:
+    """Turns live and replayed envelopes into one ordered stream of envelopes and gaps."""
+
+    def __init__(self, *, sync_timeout: float = 0.5, resync_interval: float = 1.0) -> None:
+        self.sync_timeout = sync_timeout
+        self.resync_interval = resync_interval
+        self.run_id: str | None = None
+        self.last_seq: int | None = None
+        self.token = new_token()
+        self.syncing = True
+        self.stats = FeedStats()
+        self._deadline: float | None = None
+        self._held: list[Envelope] = []
+        self._replay: list[Envelope] = []
+        self._last_resync_at = float("-inf")
+
+    # -- inputs -----------------------------------------------------------------
+
+    def on_live(self, env: Envelope, now: float) -> list[Item]:
+        if self.syncing:
+            self._hold(env, now)
+            return []
+        if env.run_id != self.run_id:
+            self._begin_sync(now, fresh_token=True)
+            self._hold(env, now)
+            return []
+        assert self.last_seq is not None
+        if env.seq <= self.last_seq:
+            self.stats.duplicates += 1
+            return []
+        if env.seq == self.last_seq + 1:
+            self.last_seq = env.seq
+            self.stats.delivered += 1
+            return [env]
+        if now - self._last_resync_at >= self.resync_interval:
+            self._last_resync_at = now
+            self.stats.resyncs += 1
+            self._begin_sync(now, fresh_token=True)
+            self._hold(env, now)
+            return []
+        out: list[Item] = []
+        self._deliver_in_order(out, env, now)
+        return out
+
+    def on_replay(self, token: str, env: Envelope, now: float) -> list[Item]:
+        if token != self.token:
+            self.stats.stale += 1
+            return []
+        if not self.syncing:
+            # The publisher replayed unasked: our connection came back and re-sent the subscription.
+            self._begin_sync(now, fresh_token=False)
+        self._replay.append(env)
+        return []
+
+    def on_replay_end(self, token: str, end: ReplayEnd, now: float) -> list[Item]:
+        if token != self.token or not self.syncing:
+            return []
+        self.stats.replays += 1
+        return self._finish(now, end)
+
+    def poll(self, now: float) -> list[Item]:
+        """Call periodically: ends a sync the publisher never answered."""
+        if self.syncing and self._deadline is not None and now >= self._deadline:
+            self.stats.sync_timeouts += 1
+            return self._finish(now, None)
+        return []
+
+    @property
+    def deadline(self) -> float | None:
+        """When ``poll`` next has something to do, or None."""
+        return self._deadline if self.syncing else None
+
+    # -- internals --------------------------------------------------------------
+
+    def _hold(self, env: Envelope, now: float) -> None:
+        if self._deadline is None:
+            self._deadline = now + self.sync_timeout
+        self._held.append(env)
+
+    def _begin_sync(self, now: float, *, fresh_token: bool) -> None:
+        self.syncing = True
+        self._deadline = now + self.sync_timeout
+        self._held = []
+        self._replay = []
+        if fresh_token:
+            self.token = new_token()
+
+    def _finish(self, now: float, end: ReplayEnd | None) -> list[Item]:
+        held, replay = self._held, self._replay
+        self._held, self._replay = [], []
+        self.syncing = False
+        self._deadline = None
+        if end is not None:
+            target = end.run_id
+        elif held:
+            target = held[-1].run_id
+        else:
+            target = self.run_id
+        if target is None:
+            self.syncing = True  # nothing heard yet: keep waiting for the first message
+            return []
+        candidates = [e for e in replay if e.run_id == target] + [e for e in held if e.run_id == target]
+        self.stats.stale += len(replay) + len(held) - len(candidates)
+        self.stats.replayed += sum(1 for e in replay if e.run_id == target)
+        candidates.sort(key=lambda e: e.seq)
+        if target != self.run_id:
+            self.run_id = target
+            self.last_seq = None
+
+        out: list[Item] = []
+        seen: set[int] = set()
+        unique: list[Envelope] = []
+        for env in candidates:
+            if env.seq in seen:
+                self.stats.duplicates += 1
+                continue
+            seen.add(env.seq)
+            unique.append(env)
+
+        if self.last_seq is None:
+            # Fresh run: everything up to the replay's last seq is history, delivered without gap accounting.
+            horizon = end.last_seq if end is not None else (unique[0].seq - 1 if unique else -1)
+            for env in unique:
+                if env.seq <= horizon:
+                    out.append(env)
+                    self.stats.delivered += 1
+            self.last_seq = horizon
+            rest = [e for e in unique if e.seq > horizon]
+        else:
+            rest = [e for e in unique if e.seq > self.last_seq]
+            self.stats.duplicates += len(unique) - len(rest)
+        for env in rest:
+            self._deliver_in_order(out, env, now)
+        if end is not None and end.last_seq > self.last_seq:
+            # Sent before the replay yet neither cached nor received: lost for good.
+            self._record_gap(out, self.last_seq + 1, end.last_seq, now)
+            self.last_seq = end.last_seq
+        return out
+
+    def _deliver_in_order(self, out: list[Item], env: Envelope, now: float) -> None:
+        assert self.last_seq is not None
+        if env.seq > self.last_seq + 1:
+            self._record_gap(out, self.last_seq + 1, env.seq - 1, now)
+        self.last_seq = env.seq
+        self.stats.delivered += 1
+        out.append(env)
+
+    def _record_gap(self, out: list[Item], first: int, last: int, now: float) -> None:
+        assert self.run_id is not None
+        gap = Gap(self.run_id, first, last, now)
+        self.stats.gaps += 1
+        self.stats.missed += gap.count
+        self.stats.gap_log.append(gap)
+        del self.stats.gap_log[:-64]
+        out.append(gap)

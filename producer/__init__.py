@@ -1,0 +1,1 @@
+"""The training process: environment, recurrent PPO agent, diagnostics and the telemetry publisher."""
