@@ -90,6 +90,7 @@ class BusPublisher:
         self._wake_pending = False
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._subscribed = threading.Event()
         self._started_at = time.time()
         self._error: BaseException | None = None
         self._flush_timeout = 0.0
@@ -120,6 +121,10 @@ class BusPublisher:
             self._wake_pending = True
             os.write(self._wake_w, b"\0")
         return True
+
+    def wait_for_subscriber(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s until any consumer's subscription has reached this socket."""
+        return self._subscribed.wait(timeout)
 
     def close(self, flush_timeout: float = 0.5) -> None:
         """Send what is queued (within ``flush_timeout``), then close the socket."""
@@ -245,6 +250,7 @@ class BusPublisher:
                 return
             if len(msg) < 2 or msg[0] != 1:
                 continue
+            self._subscribed.set()
             topic = msg[1:]
             if topic.startswith(REPLAY_TOPIC_PREFIX.encode()):
                 self._replay(sock, topic)
