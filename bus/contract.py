@@ -7,6 +7,8 @@ fields they do not know, and consumers skip event types they do not know.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 SCHEMA_VERSION = 1
@@ -14,6 +16,11 @@ SCHEMA_VERSION = 1
 
 REPLAY_TOPIC_PREFIX = "~replay/"
 """Topic prefix of replayed history; no event type starts with '~', so SUB prefixes never collide."""
+
+LIVE_TOPIC_PREFIXES: tuple[str, ...] = tuple("abcdefghijklmnopqrstuvwxyz")
+"""What a consumer subscribes to for the live stream: every event type name starts with a
+lowercase ASCII letter, so this takes in event types added after the consumer was written
+(their seqs then count as skipped, not as gaps) and never another consumer's replay."""
 
 
 class TrainingStarted(msgspec.Struct, tag="training_started", kw_only=True):
@@ -141,8 +148,8 @@ class Envelope(msgspec.Struct, kw_only=True):
 
     schema: int
     run_id: str
-    seq: int
-    ts: float
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    ts: Annotated[float, msgspec.Meta(ge=0)]
     event: Event
 
 

@@ -28,6 +28,12 @@ def host_of(endpoint: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+def validate_endpoint(endpoint: str) -> str:
+    """``endpoint`` itself when it is tcp://HOST:PORT, ipc://PATH or inproc://NAME; else EndpointError."""
+    is_loopback(endpoint)
+    return endpoint
+
+
 def is_loopback(endpoint: str) -> bool:
     """True for tcp endpoints on 127.0.0.0/8, ::1 or localhost, and for ipc/inproc."""
     if endpoint.startswith(("ipc://", "inproc://")):

@@ -13,11 +13,14 @@ are merged by seq with duplicates dropped. A later seq gap starts a resync under
 fresh token (at most one per ``resync_interval``), so history the publisher still
 caches fills the hole; what it cannot fill is reported as a ``Gap``. A publisher that
 never replays costs ``sync_timeout`` once, after which the live stream flows as is.
+A message of an event type this consumer does not know arrives as ``Skipped``: it takes
+its place in the seq order (so it is not a gap) and is not delivered.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 
 from bus.contract import Envelope, ReplayEnd
@@ -37,11 +40,22 @@ class Gap:
         return self.last - self.first + 1
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """Message ``seq`` of ``run_id`` arrived but carries an event type this consumer does not know."""
+
+    run_id: str
+    seq: int
+    ts: float
+    type: str
+
+
 @dataclass
 class FeedStats:
     """Counters of what the feed did with what it was given."""
 
     delivered: int = 0
+    skipped: int = 0
     duplicates: int = 0
     stale: int = 0
     gaps: int = 0
@@ -58,6 +72,10 @@ def new_token() -> str:
 
 
 Item = Envelope | Gap
+"""What the feed hands on, in seq order."""
+
+Entry = Envelope | Skipped
+"""What the feed is given: a decoded envelope, or the place of one it cannot decode."""
 
 
 class Feed:
@@ -72,13 +90,18 @@ class Feed:
         self.syncing = True
         self.stats = FeedStats()
         self._deadline: float | None = None
-        self._held: list[Envelope] = []
-        self._replay: list[Envelope] = []
+        self._held: list[Entry] = []
+        self._replay: list[Entry] = []
         self._last_resync_at = float("-inf")
+        self._left: deque[str] = deque(maxlen=16)
 
     # -- inputs -----------------------------------------------------------------
 
-    def on_live(self, env: Envelope, now: float) -> list[Item]:
+    def on_live(self, env: Entry, now: float) -> list[Item]:
+        """A message that came on a live topic."""
+        if env.run_id in self._left:
+            self.stats.stale += 1  # still in flight from a producer that has been replaced
+            return []
         if self.syncing:
             self._hold(env, now)
             return []
@@ -90,11 +113,8 @@ class Feed:
         if env.seq <= self.last_seq:
             self.stats.duplicates += 1
             return []
-        if env.seq == self.last_seq + 1:
-            self.last_seq = env.seq
-            self.stats.delivered += 1
-            return [env]
-        if now - self._last_resync_at >= self.resync_interval:
+        if env.seq > self.last_seq + 1 and now - self._last_resync_at >= self.resync_interval:
+            # A hole: ask for a fresh replay; what the publisher still caches fills it.
             self._last_resync_at = now
             self.stats.resyncs += 1
             self._begin_sync(now, fresh_token=True)
@@ -104,8 +124,9 @@ class Feed:
         self._deliver_in_order(out, env, now)
         return out
 
-    def on_replay(self, token: str, env: Envelope, now: float) -> list[Item]:
-        if token != self.token:
+    def on_replay(self, token: str, env: Entry, now: float) -> list[Item]:
+        """A message replayed on the topic of ``token``."""
+        if token != self.token or env.run_id in self._left:
             self.stats.stale += 1
             return []
         if not self.syncing:
@@ -115,6 +136,7 @@ class Feed:
         return []
 
     def on_replay_end(self, token: str, end: ReplayEnd, now: float) -> list[Item]:
+        """The marker closing a replay burst: merge what was replayed with what was held."""
         if token != self.token or not self.syncing:
             return []
         self.stats.replays += 1
@@ -134,7 +156,7 @@ class Feed:
 
     # -- internals --------------------------------------------------------------
 
-    def _hold(self, env: Envelope, now: float) -> None:
+    def _hold(self, env: Entry, now: float) -> None:
         if self._deadline is None:
             self._deadline = now + self.sync_timeout
         self._held.append(env)
@@ -152,8 +174,10 @@ class Feed:
         self._held, self._replay = [], []
         self.syncing = False
         self._deadline = None
+        if end is not None and end.run_id in self._left:
+            end = None
         if end is not None:
-            target = end.run_id
+            target: str | None = end.run_id
         elif held:
             target = held[-1].run_id
         else:
@@ -166,12 +190,14 @@ class Feed:
         self.stats.replayed += sum(1 for e in replay if e.run_id == target)
         candidates.sort(key=lambda e: e.seq)
         if target != self.run_id:
+            if self.run_id is not None:
+                self._left.append(self.run_id)
             self.run_id = target
             self.last_seq = None
 
         out: list[Item] = []
         seen: set[int] = set()
-        unique: list[Envelope] = []
+        unique: list[Entry] = []
         for env in candidates:
             if env.seq in seen:
                 self.stats.duplicates += 1
@@ -180,12 +206,16 @@ class Feed:
             unique.append(env)
 
         if self.last_seq is None:
-            # Fresh run: everything up to the replay's last seq is history, delivered without gap accounting.
-            horizon = end.last_seq if end is not None else (unique[0].seq - 1 if unique else -1)
+            # Joining a run: what was sent before our live subscription took effect is history,
+            # delivered without gap accounting; from the first live message on, every seq counts.
+            first_live = min((e.seq for e in held if e.run_id == target), default=None)
+            if end is not None:
+                horizon = end.last_seq if first_live is None else min(end.last_seq, first_live - 1)
+            else:
+                horizon = unique[0].seq - 1 if unique else -1
             for env in unique:
                 if env.seq <= horizon:
-                    out.append(env)
-                    self.stats.delivered += 1
+                    self._emit(out, env)
             self.last_seq = horizon
             rest = [e for e in unique if e.seq > horizon]
         else:
@@ -199,13 +229,19 @@ class Feed:
             self.last_seq = end.last_seq
         return out
 
-    def _deliver_in_order(self, out: list[Item], env: Envelope, now: float) -> None:
+    def _deliver_in_order(self, out: list[Item], env: Entry, now: float) -> None:
         assert self.last_seq is not None
         if env.seq > self.last_seq + 1:
             self._record_gap(out, self.last_seq + 1, env.seq - 1, now)
         self.last_seq = env.seq
-        self.stats.delivered += 1
-        out.append(env)
+        self._emit(out, env)
+
+    def _emit(self, out: list[Item], env: Entry) -> None:
+        if isinstance(env, Skipped):
+            self.stats.skipped += 1
+        else:
+            self.stats.delivered += 1
+            out.append(env)
 
     def _record_gap(self, out: list[Item], first: int, last: int, now: float) -> None:
         assert self.run_id is not None

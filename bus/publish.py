@@ -29,8 +29,8 @@ from bus.contract import (
     ReplayEnd,
     topic_of,
 )
-from bus.endpoint import check_bind
-from bus.wire import encode_body, encode_replay_end
+from bus.endpoint import check_bind, default_endpoint
+from bus.wire import ENCODE_ERRORS, MAX_MESSAGE_BYTES, encode_body, encode_replay_end
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +43,40 @@ DEFAULT_REPLAY_DEPTH: dict[str, int] = {
 }
 """Per event type, how many of the newest messages a late joiner is sent."""
 
+LOG_INTERVAL_S = 10.0
+"""At most one error line per event type in this period."""
+
 
 @dataclass
 class PublisherStats:
-    """What the publisher did; ``dropped`` is also reported in every heartbeat."""
+    """What the publisher did; ``dropped`` is also reported in every heartbeat.
+
+    Each counter has one writer thread: ``dropped_queue_full`` the training thread,
+    the rest the I/O thread. A consumer that falls behind loses messages inside ZeroMQ
+    (its own high-water mark), which the publisher cannot see: that consumer reports them
+    as gaps.
+    """
 
     published: int = 0
     sent: int = 0
-    dropped: int = 0
+    dropped_queue_full: int = 0
+    dropped_send: int = 0
+    dropped_oversized: int = 0
+    dropped_unencodable: int = 0
     replays: int = 0
     replayed: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """Events that never left this process: queue full, socket refused, too big, or not encodable."""
+        return self.dropped_queue_full + self.dropped_send + self.dropped_oversized + self.dropped_unencodable
 
 
 @dataclass
 class PublisherConfig:
     """How the publisher binds and how much it buffers."""
 
-    endpoint: str = "tcp://127.0.0.1:5555"
+    endpoint: str = field(default_factory=default_endpoint)
     heartbeat_period_s: float = 1.0
     queue_limit: int = 10_000
     sndhwm: int = 10_000
@@ -93,6 +110,9 @@ class BusPublisher:
         self._subscribed = threading.Event()
         self._started_at = time.time()
         self._error: BaseException | None = None
+        self._closed = False
+        self._seq = 0  # owned by the I/O thread
+        self._last_log: dict[str, float] = {}
         self._flush_timeout = 0.0
         self._ctx = zmq.Context()
         self._caches: dict[str, deque[tuple[int, bytes]]] = {
@@ -104,16 +124,18 @@ class BusPublisher:
     # -- training-thread side ---------------------------------------------------
 
     def start(self) -> BusPublisher:
+        """Bind (in the I/O thread) and start sending; raises what binding raised."""
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
+            self.close()
             raise self._error
         return self
 
     def publish(self, event: Event) -> bool:
-        """Queue an event; never blocks. False (and counted) when the queue is full."""
-        if len(self._queue) >= self.config.queue_limit:
-            self.stats.dropped += 1
+        """Queue an event; never blocks. False (and counted) when the queue is full or closed."""
+        if self._closed or len(self._queue) >= self.config.queue_limit:
+            self.stats.dropped_queue_full += 1
             return False
         self._queue.append((time.time(), event))
         self.stats.published += 1
@@ -122,22 +144,30 @@ class BusPublisher:
             os.write(self._wake_w, b"\0")
         return True
 
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest message handed to the socket (-1 before the first)."""
+        return self._seq - 1
+
     def wait_for_subscriber(self, timeout: float) -> bool:
         """Block up to ``timeout`` s until any consumer's subscription has reached this socket."""
         return self._subscribed.wait(timeout)
 
     def close(self, flush_timeout: float = 0.5) -> None:
-        """Send what is queued (within ``flush_timeout``), then close the socket."""
-        if not self._thread.is_alive():
-            self._close_pipe()
-            self._ctx.term()
+        """Send what is queued (within ``flush_timeout``), then close the socket. Idempotent."""
+        if self._closed:
             return
-        self._flush_timeout = flush_timeout
-        self._stop.set()
-        os.write(self._wake_w, b"\0")
-        self._thread.join(flush_timeout + 2.0)
+        self._closed = True
+        if self._thread.is_alive():
+            self._flush_timeout = flush_timeout
+            self._stop.set()
+            os.write(self._wake_w, b"\0")
+            self._thread.join(flush_timeout + 2.0)
         self._close_pipe()
-        self._ctx.term()
+        if self._thread.is_alive():
+            self._ctx.destroy(0)  # the I/O thread is wedged: do not wait on its socket
+        else:
+            self._ctx.term()
 
     def _close_pipe(self) -> None:
         for fd in (self._wake_r, self._wake_w):
@@ -156,6 +186,7 @@ class BusPublisher:
     def _run(self) -> None:
         ctx = self._ctx
         sock = ctx.socket(zmq.XPUB)
+        auth = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
@@ -165,12 +196,14 @@ class BusPublisher:
             if self.config.curve_secret_key is not None:
                 from bus.security import apply_curve_server
 
-                apply_curve_server(sock, ctx, self.config)
+                auth = apply_curve_server(sock, ctx, self.config)
             sock.bind(self.config.endpoint)
             self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException as exc:
             self._error = exc
             sock.close(0)
+            if auth is not None:
+                auth.stop()
             self._ready.set()
             return
         self._ready.set()
@@ -181,12 +214,13 @@ class BusPublisher:
         finally:
             # Linger only on a clean stop, so the final training_finished gets out.
             sock.close(int(self._flush_timeout * 1000))
+            if auth is not None:
+                auth.stop()
 
     def _loop(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        self._seq = 0
         period = self.config.heartbeat_period_s
         next_beat = time.monotonic()
         last_dropped = 0
@@ -230,17 +264,38 @@ class BusPublisher:
 
     def _send(self, sock: zmq.Socket, ts: float, event: Event) -> None:
         seq = self._seq
-        self._seq = seq + 1
         topic = topic_of(event)
-        body = encode_body(Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=seq, ts=ts, event=event))
+        try:
+            body = encode_body(
+                Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=seq, ts=ts, event=event)
+            )
+        except ENCODE_ERRORS as exc:
+            # A producer bug; it costs this one event (and no seq), never the publisher thread.
+            self.stats.dropped_unencodable += 1
+            self._log_error(topic, "not sending a %s (%d dropped so far): %s", topic, self.stats.dropped, exc)
+            return
+        self._seq = seq + 1
+        if len(body) > MAX_MESSAGE_BYTES:
+            # Consumers drop the connection on such a frame; cached, it would poison every replay.
+            self.stats.dropped_oversized += 1
+            self._log_error(
+                topic, "not sending a %s of %d bytes (limit %d)", topic, len(body), MAX_MESSAGE_BYTES
+            )
+            return
         try:
             sock.send_multipart((topic.encode(), body), zmq.NOBLOCK, copy=False)
             self.stats.sent += 1
         except zmq.Again:
-            self.stats.dropped += 1
+            self.stats.dropped_send += 1
         cache = self._caches.get(topic)
         if cache is not None:
             cache.append((seq, body))
+
+    def _log_error(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(key, float("-inf")) >= LOG_INTERVAL_S:
+            self._last_log[key] = now
+            log.error(msg, *args)
 
     def _on_subscription(self, sock: zmq.Socket) -> None:
         while True:
