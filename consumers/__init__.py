@@ -1,1 +1,1 @@
-"""Subscriber processes (TUI, archiver, alerts); each folds the bus with bus.aggregator and never imports producer."""
+"""Subscriber processes (TUI, archiver, alerts): each folds the bus itself; none imports producer."""

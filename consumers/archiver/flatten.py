@@ -1,0 +1,130 @@
+"""One event as one flat CSV row: column names and values, with per-head maps spread into columns.
+
+Naming rule (docs/archiver.md): every row starts with ``seq`` and ``ts``; then the event's
+fields in contract order. A map field is spread into one column per key, in the map's
+order: ``head_<key>_<rest>`` for a field named ``head_<rest>`` (``head_entropy['op']`` →
+``head_op_entropy``, ``head_grad_norm['op']`` → ``head_op_grad_norm``), ``<field>_<key>``
+for any other map. A list becomes a JSON string; ``None`` an empty cell. Line breaks in
+text are written as the two characters ``\\n`` (and a backslash as ``\\\\``) so every
+record is exactly one line of the file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+Columns = tuple[str, ...]
+
+LEADING: Columns = ("seq", "ts")
+
+_PLAIN, _MAP, _TEXT, _OTHER = range(4)
+
+
+def map_column(field: str, key: str) -> str:
+    """The column of ``field[key]``: ``head_entropy['op']`` → ``head_op_entropy``."""
+    if field.startswith("head_"):
+        return f"head_{key}_{field[len('head_') :]}"
+    return f"{field}_{key}"
+
+
+def escape_text(value: str) -> str:
+    """Text as one physical line; reversible (``\\\\`` → ``\\``, ``\\n`` → newline, ``\\r`` → CR)."""
+    if "\n" in value or "\r" in value or "\\" in value:
+        return value.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    return value
+
+
+def _other_cell(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value  # int, float, bool or None: the csv module writes these itself
+
+
+class _Layout:
+    """How one event type flattens, worked out once from the contract's type info."""
+
+    def __init__(self, kind: type[msgspec.Struct]) -> None:
+        info = msgspec.inspect.type_info(kind)
+        assert isinstance(info, msgspec.inspect.StructType)
+        self.fields: tuple[str, ...] = tuple(f.name for f in info.fields)
+        kinds = [self._kind(f.type) for f in info.fields]
+        self.numeric = all(self._numeric(f.type) for f in info.fields)
+        self.map_positions: tuple[int, ...] = tuple(i for i, k in enumerate(kinds) if k == _MAP)
+        # Runs of plain scalar fields are copied as one slice; the rest one by one.
+        self.segments: list[tuple[int, int, int]] = []
+        for i, k in enumerate(kinds):
+            if k == _PLAIN and self.segments and self.segments[-1][0] == _PLAIN:
+                self.segments[-1] = (_PLAIN, self.segments[-1][1], i + 1)
+            else:
+                self.segments.append((k, i, i + 1))
+        self._columns: dict[tuple[tuple[str, ...], ...], Columns] = {}
+
+    @staticmethod
+    def _kind(t: msgspec.inspect.Type) -> int:
+        if isinstance(t, msgspec.inspect.DictType):
+            return _MAP
+        if isinstance(t, msgspec.inspect.StrType):
+            return _TEXT
+        if isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType, msgspec.inspect.BoolType)):
+            return _PLAIN
+        return _OTHER
+
+    @staticmethod
+    def _numeric(t: msgspec.inspect.Type) -> bool:
+        """Only numbers (or None) ever: such rows take the fast JSON-number path in CsvFile."""
+        if isinstance(t, msgspec.inspect.DictType):
+            return _Layout._numeric(t.value_type)
+        if isinstance(t, msgspec.inspect.UnionType):
+            return all(_Layout._numeric(u) for u in t.types)
+        return isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType, msgspec.inspect.NoneType))
+
+    def columns(self, values: tuple[Any, ...]) -> Columns:
+        shape = tuple(tuple(values[i]) for i in self.map_positions)
+        cols = self._columns.get(shape)
+        if cols is None:
+            if len(self._columns) > 64:  # bounded, even for a producer that renames heads every update
+                self._columns.clear()
+            cols = self._columns[shape] = self._build(shape)
+        return cols
+
+    def _build(self, shape: tuple[tuple[str, ...], ...]) -> Columns:
+        keys = dict(zip(self.map_positions, shape, strict=True))
+        out = list(LEADING)
+        for i, name in enumerate(self.fields):
+            if i in keys:
+                out.extend(map_column(name, str(k)) for k in keys[i])
+            else:
+                out.append(name)
+        return tuple(out)
+
+    def row(self, seq: int, ts: float, values: tuple[Any, ...]) -> list[Any]:
+        row: list[Any] = [seq, ts]
+        for kind, start, stop in self.segments:
+            if kind == _PLAIN:
+                row.extend(values[start:stop])
+            elif kind == _MAP:
+                row.extend(
+                    values[start].values() if self.numeric else map(_other_cell, values[start].values())
+                )
+            elif kind == _TEXT:
+                row.append(escape_text(values[start]))
+            else:
+                row.append(_other_cell(values[start]))
+        return row
+
+
+_layouts: dict[type, _Layout] = {}
+
+
+def flatten(seq: int, ts: float, event: msgspec.Struct) -> tuple[Columns, list[Any], bool]:
+    """The row's column names, its values in the same order, and whether every value is a number or None."""
+    layout = _layouts.get(type(event))
+    if layout is None:
+        layout = _layouts[type(event)] = _Layout(type(event))
+    values = msgspec.structs.astuple(event)
+    return layout.columns(values), layout.row(seq, ts, values), layout.numeric

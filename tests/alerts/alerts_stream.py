@@ -1,0 +1,155 @@
+"""A synthetic training stream for the alert tests: healthy by default, any field overridable per update.
+
+Like the real producer, gradient_cv and the CUDA memory fields are measured every
+``diagnostics_every`` updates and carried (with their ``*_step``) in between.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from bus.contract import (
+    SCHEMA_VERSION,
+    BatchCompleted,
+    Envelope,
+    Event,
+    Heartbeat,
+    PPOUpdate,
+    TrainingFinished,
+    TrainingStarted,
+)
+
+HEADS = {
+    "op": 6,
+    "slot": 4,
+    "blueprint": 13,
+    "style": 4,
+    "tempo": 3,
+    "alpha_target": 3,
+    "alpha_speed": 4,
+    "alpha_curve": 5,
+}
+T0 = 1_700_000_000.0
+MEASURED = ("gradient_cv", "cuda_memory_fragmentation")
+
+
+class Stream:
+    """Envelopes of one run with contiguous seqs; ``ts`` advances by ``dt`` per envelope."""
+
+    def __init__(self, run_id: str = "run-1", *, t0: float = T0, dt: float = 0.1, seed: int = 0) -> None:
+        self.run_id = run_id
+        self.seq = 0
+        self.ts = t0
+        self.dt = dt
+        self.update = 0
+        self.rng = random.Random(seed)
+        self.diagnostics_every = 10
+        self._measured: dict[str, float] = {}
+        self._measured_step = -1
+
+    def env(self, event: Event) -> Envelope:
+        self.ts += self.dt
+        env = Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=self.seq, ts=self.ts, event=event)
+        self.seq += 1
+        return env
+
+    def started(self) -> Envelope:
+        return self.env(
+            TrainingStarted(
+                n_envs=4,
+                max_epochs=25,
+                task="tamiyo-sim",
+                host_params=120_000,
+                slot_ids=["r0c0", "r0c1", "r1c0", "r1c1"],
+                seed=42,
+                n_episodes=0,
+                lr=3e-4,
+                clip_ratio=0.2,
+                entropy_coef=0.01,
+                param_budget=200_000,
+                policy_device="cpu",
+                env_devices=["cpu"],
+                reward_mode="shaped",
+                action_heads=dict(HEADS),
+                diagnostics_every=self.diagnostics_every,
+            )
+        )
+
+    def ppo(self, *, entropy_ratio: float = 0.8, **overrides: Any) -> Envelope:
+        """The next update: healthy noise plus ``overrides``; MEASURED fields change only when measured."""
+        u = self.update
+        self.update += 1
+        r = self.rng
+        if u % self.diagnostics_every == 0:
+            self._measured_step = u
+            self._measured["gradient_cv"] = overrides.get("gradient_cv", 0.4 + 0.2 * r.random())
+            self._measured["cuda_memory_fragmentation"] = overrides.get("cuda_memory_fragmentation", 0.1)
+        fields: dict[str, Any] = {
+            "update": u,
+            "train_steps": u,
+            "env_steps": u * 512,
+            "policy_loss": r.gauss(0.0, 0.02),
+            "value_loss": abs(r.gauss(0.4, 0.05)),
+            "entropy": 8.0 + r.random(),
+            "grad_norm": abs(r.gauss(0.5, 0.1)),
+            "kl_divergence": abs(r.gauss(0.01, 0.003)),
+            "clip_fraction": r.random() * 0.15,
+            "clip_fraction_positive": r.random() * 0.08,
+            "clip_fraction_negative": r.random() * 0.08,
+            "gradient_cv": self._measured["gradient_cv"],
+            "gradient_cv_step": self._measured_step,
+            "cuda_memory_allocated_gb": 2.0,
+            "cuda_memory_reserved_gb": 2.2,
+            "cuda_memory_peak_gb": 2.1,
+            "cuda_memory_fragmentation": self._measured["cuda_memory_fragmentation"],
+            "cuda_memory_step": self._measured_step,
+            "explained_variance": r.random(),
+            "dead_layers": 0,
+            "exploding_layers": 0,
+            "total_layers": 24,
+            "nan_grad_count": 0,
+            "head_entropy": {
+                h: entropy_ratio * math.log(n) * (0.95 + 0.05 * r.random()) for h, n in HEADS.items()
+            },
+            "head_grad_norm": {h: abs(r.gauss(0.1, 0.02)) for h in HEADS},
+            "lr": 3e-4,
+            "update_time_ms": 100.0 + r.random(),
+        }
+        for name, value in overrides.items():
+            if name not in MEASURED:
+                fields[name] = value
+        return self.env(PPOUpdate(**fields))
+
+    def batch(self) -> Envelope:
+        u = max(0, self.update - 1)
+        return self.env(
+            BatchCompleted(
+                update=u,
+                env_steps=u * 512,
+                fps=5000.0,
+                step_time_ms=0.2,
+                episodes_completed=u * 4,
+                episodes=4,
+                return_mean=self.rng.gauss(1.0, 0.3),
+                return_min=-1.0,
+                return_max=3.0,
+            )
+        )
+
+    def heartbeat(self, *, dropped: int = 0) -> Envelope:
+        return self.env(
+            Heartbeat(
+                period_s=1.0,
+                phase="update",
+                update=self.update,
+                uptime_s=self.ts - T0,
+                dropped=dropped,
+                dropped_since_last=0,
+                sent=self.seq,
+            )
+        )
+
+    def finished(self) -> Envelope:
+        return self.env(TrainingFinished(reason="done", updates=self.update, env_steps=self.update * 512))

@@ -1,0 +1,154 @@
+"""Events and a paced publishing thread for the archiver tests, plus a wait-for-rows helper."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+from archiver_proc import Proc
+
+from bus.contract import (
+    SCHEMA_VERSION,
+    BatchCompleted,
+    Envelope,
+    Event,
+    PPOUpdate,
+    TrainingStarted,
+)
+from bus.publish import BusPublisher
+
+HEADS = {"op": 6, "slot": 4, "blueprint": 13, "style": 4}
+
+
+def started(heads: dict[str, int] | None = None) -> TrainingStarted:
+    return TrainingStarted(
+        n_envs=4,
+        max_epochs=25,
+        task="tamiyo-sim",
+        host_params=120_000,
+        slot_ids=["r0c0", "r0c1"],
+        seed=42,
+        n_episodes=0,
+        lr=3e-4,
+        clip_ratio=0.2,
+        entropy_coef=0.01,
+        param_budget=200_000,
+        policy_device="cpu",
+        env_devices=["cpu"],
+        reward_mode="shaped",
+        action_heads=dict(heads or HEADS),
+    )
+
+
+def ppo(update: int, heads: dict[str, int] | None = None) -> PPOUpdate:
+    heads = heads or HEADS
+    return PPOUpdate(
+        update=update,
+        train_steps=update,
+        env_steps=update * 512,
+        policy_loss=0.01 * update,
+        value_loss=0.5,
+        entropy=8.0,
+        grad_norm=0.5,
+        kl_divergence=0.01,
+        clip_fraction=0.1,
+        clip_fraction_positive=0.05,
+        clip_fraction_negative=0.05,
+        gradient_cv=0.5,
+        gradient_cv_step=update - update % 10,
+        cuda_memory_allocated_gb=0.0,
+        cuda_memory_reserved_gb=0.0,
+        cuda_memory_peak_gb=0.0,
+        cuda_memory_fragmentation=0.0,
+        cuda_memory_step=update - update % 10,
+        explained_variance=0.3,
+        dead_layers=0,
+        exploding_layers=0,
+        total_layers=24,
+        nan_grad_count=0,
+        head_entropy={h: 1.0 + i for i, h in enumerate(heads)},
+        head_grad_norm={h: 0.1 * (i + 1) for i, h in enumerate(heads)},
+        lr=3e-4,
+        update_time_ms=100.0,
+    )
+
+
+def batch(update: int) -> BatchCompleted:
+    return BatchCompleted(
+        update=update,
+        env_steps=update * 512,
+        fps=5000.0,
+        step_time_ms=0.2,
+        episodes_completed=update,
+        episodes=1 if update % 3 else 0,
+        return_mean=float(update) if update % 3 else None,
+        return_min=float(update) if update % 3 else None,
+        return_max=float(update) if update % 3 else None,
+    )
+
+
+def envelope(run_id: str, seq: int, event: Event, ts: float | None = None) -> Envelope:
+    return Envelope(
+        schema=SCHEMA_VERSION, run_id=run_id, seq=seq, ts=1.7e9 + seq if ts is None else ts, event=event
+    )
+
+
+class Streamer:
+    """Publishes a ppo_update and a batch_completed ``rate`` times a second on its own thread,
+    remembering when each update was handed to the publisher."""
+
+    def __init__(self, pub: BusPublisher, rate: float = 20.0) -> None:
+        self.pub = pub
+        self.period = 1.0 / rate
+        self.published_at: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Streamer:
+        self._thread.start()
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.published_at)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            update = len(self.published_at)
+            self.pub.publish(ppo(update))
+            self.pub.publish(batch(update))
+            self.published_at.append(time.time())
+            next_at += self.period
+            self._stop.wait(max(0.0, next_at - time.monotonic()))  # pacing, not synchronisation
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def csv_rows(path: Path) -> int:
+    """Complete rows in a CSV file so far (0 when it does not exist yet)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return max(0, data.count(b"\n") - 1)
+
+
+def wait_rows(path: Path, n: int, timeout: float, proc: Proc | None = None) -> None:
+    """Poll ``path`` until it holds ``n`` complete rows; fail after ``timeout`` s or when ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while csv_rows(path) < n:
+        exited = proc is not None and proc.proc.poll() is not None
+        if exited or time.monotonic() > deadline:
+            why = "the archiver exited" if exited else f"not within {timeout}s"
+            detail = proc.describe() if proc is not None else ""
+            raise AssertionError(f"{path} has {csv_rows(path)} rows, expected {n}: {why}\n{detail}")
+        time.sleep(0.05)
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
