@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import default_endpoint
+from bus.endpoint import EndpointError, default_endpoint
+from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import Subscriber, SubscriberConfig
 from consumers.alerts.daemon import AlertDaemon
 from consumers.alerts.metrics import METRICS
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--list-metrics", action="store_true", help="list the metrics rules can use and exit")
     p.add_argument("--print-default-rules", action="store_true", help="print the built-in rule file and exit")
+    add_security_arguments(p, "subscriber")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -99,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         sinks.append(hook)
     daemon = AlertDaemon(rules, sinks)
     try:
-        subscriber = Subscriber(SubscriberConfig(endpoint=args.endpoint))
-    except Exception as exc:  # zmq refuses a malformed endpoint here
-        print(f"alerts: cannot connect to {args.endpoint}: {exc}", file=sys.stderr)
-        return 1
+        subscriber = Subscriber(SubscriberConfig(endpoint=args.endpoint, **subscriber_security(args)))
+    except (EndpointError, SecurityError) as exc:
+        print(f"alerts: {exc}", file=sys.stderr)
+        return 2
     log.info("watching %s with %d rules: %s", args.endpoint, len(rules), ", ".join(r.name for r in rules))
     try:
         run_loop(subscriber, daemon.handle, stop, tick=daemon.tick, tick_interval=0.25)

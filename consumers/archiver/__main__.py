@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import default_endpoint
+from bus.endpoint import EndpointError, default_endpoint
+from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import Subscriber, SubscriberConfig
 from consumers.archiver.archiver import FLUSH_INTERVAL_S, Archiver
 from consumers.runtime import StopSignal, run_loop, setup_logging
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="hand rows to the OS without fsync: safe when the archiver is killed, not on power loss",
     )
+    add_security_arguments(p, "subscriber")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     if not 0 < args.flush_interval <= 1.0:
@@ -59,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out, flush_interval=args.flush_interval, tick_interval=tick, fsync=not args.no_fsync
     )
     try:
-        subscriber = Subscriber(SubscriberConfig(endpoint=args.endpoint))
-    except Exception as exc:  # zmq refuses a malformed endpoint here
-        print(f"archiver: cannot connect to {args.endpoint}: {exc}", file=sys.stderr)
-        return 1
+        subscriber = Subscriber(SubscriberConfig(endpoint=args.endpoint, **subscriber_security(args)))
+    except (EndpointError, SecurityError) as exc:
+        print(f"archiver: {exc}", file=sys.stderr)
+        return 2
     log.info("recording %s into %s/", args.endpoint, args.out)
     failed = False
     try:
