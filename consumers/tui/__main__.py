@@ -1,0 +1,79 @@
+"""``python -m consumers.tui``: parse the command line, check the endpoint, run the dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bus.endpoint import EndpointError, default_endpoint, host_of
+from bus.security import SecurityError, add_security_arguments, subscriber_security
+from bus.subscribe import SubscriberConfig
+from consumers.tui.app import DEFAULT_REFRESH_HZ, EXIT_BAD_ENDPOINT, TamiyoApp
+
+MAX_REFRESH_HZ = 30.0
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Accept tcp://HOST:PORT (port 1-65535) or ipc://PATH; raise EndpointError saying what is wrong."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return endpoint
+    if not endpoint.startswith("tcp://"):
+        raise EndpointError(
+            f"{endpoint!r} is not an endpoint: use tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+        )
+    host = host_of(endpoint)
+    port = endpoint.rpartition(":")[2]
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EndpointError(
+            f"{endpoint!r}: a subscriber needs a host and a port 1-65535, e.g. tcp://127.0.0.1:5555"
+        )
+    return endpoint
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumers.tui",
+        description="Live dashboard for a Tamiyo run. Keys: q quit, p pause, r reset, t theme, ? help.",
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=default_endpoint(),
+        help="where the trainer publishes (default: $TAMIYO_ENDPOINT or tcp://127.0.0.1:5555)",
+    )
+    parser.add_argument(
+        "--refresh-hz",
+        type=float,
+        default=DEFAULT_REFRESH_HZ,
+        help=f"redraws per second, independent of the event rate (default {DEFAULT_REFRESH_HZ:g})",
+    )
+    parser.add_argument("--light", action="store_true", help="start with the light colour theme")
+    add_security_arguments(parser, "subscriber")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        endpoint = check_endpoint(args.endpoint)
+        config = SubscriberConfig(endpoint=endpoint, **subscriber_security(args))
+    except (EndpointError, SecurityError) as exc:
+        print(f"tamiyo-tui: {exc}", file=sys.stderr)
+        return EXIT_BAD_ENDPOINT
+    if not 0 < args.refresh_hz <= MAX_REFRESH_HZ:
+        print(
+            f"tamiyo-tui: --refresh-hz must be in (0, {MAX_REFRESH_HZ:g}], got {args.refresh_hz:g}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_ENDPOINT
+    app = TamiyoApp(
+        endpoint, subscriber=config, refresh_hz=args.refresh_hz, handle_signals=True, light=args.light
+    )
+    try:
+        app.run()
+    except KeyboardInterrupt:  # SIGINT before the app's own handler was installed
+        return 130
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

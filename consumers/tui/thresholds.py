@@ -1,0 +1,139 @@
+"""Every threshold the dashboard colours by, each in the unit of the metric it is compared with."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+from bus.liveness import SLOW_AFTER_PERIODS, STALE_AFTER_PERIODS
+
+
+class Level(IntEnum):
+    """How a value reads against its band; ordered so ``max`` gives the worst."""
+
+    NONE = 0  # no data yet, or a metric without thresholds
+    OK = 1
+    WARN = 2
+    FAIL = 3
+
+
+@dataclass(frozen=True)
+class Band:
+    """Warn and fail limits for one metric, crossed going ``above`` or ``below`` them."""
+
+    metric: str
+    unit: str
+    direction: str  # "above" or "below"
+    warn: float
+    fail: float | None = None
+    inclusive: bool = False  # True: reaching the limit counts as crossing it
+
+    def level(self, value: float) -> Level:
+        if not math.isfinite(value):
+            return Level.FAIL
+        if self.fail is not None and self._crossed(value, self.fail):
+            return Level.FAIL
+        if self._crossed(value, self.warn):
+            return Level.WARN
+        return Level.OK
+
+    def _crossed(self, value: float, limit: float) -> bool:
+        if self.direction == "above":
+            return value >= limit if self.inclusive else value > limit
+        return value <= limit if self.inclusive else value < limit
+
+    def describe(self) -> str:
+        op = {("above", False): ">", ("above", True): "≥", ("below", False): "<", ("below", True): "≤"}[
+            (self.direction, self.inclusive)
+        ]
+        if self.fail == self.warn:
+            limits = f"fail {op} {_num(self.fail)}"
+        elif self.fail is None:
+            limits = f"warn {op} {_num(self.warn)}"
+        else:
+            limits = f"warn {op} {_num(self.warn)}, fail {op} {_num(self.fail)}"
+        return f"{self.metric}: {limits} ({self.unit})"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+WARMUP_UPDATES = 5
+"""Updates 0..4 of a run are WARMING UP: only NaN and exploding gradients raise the status."""
+
+ENTROPY = Band(
+    "entropy",
+    "policy entropy as a fraction of its maximum: H / Σ ln(head size), 1 = uniform",
+    "below",
+    warn=0.20,
+    fail=0.05,
+)
+HEAD_ENTROPY = Band(
+    "head entropy", "that head's entropy / ln(head size), 1 = uniform", "below", warn=0.20, fail=0.05
+)
+KL = Band("KL", "nats, k3 estimate of KL(old‖new) over the update's samples", "above", warn=0.03, fail=0.10)
+CLIP = Band("clip fraction", "share of samples whose ratio left [1-ε, 1+ε]", "above", warn=0.30, fail=0.50)
+EXPLAINED_VARIANCE = Band(
+    "explained variance",
+    "1 - Var(returns - values) / Var(returns); 0 = no better than a constant",
+    "below",
+    warn=0.0,
+)
+GRAD_NORM = Band("grad norm", "L2 norm of all gradients before clipping", "above", warn=10.0, fail=100.0)
+HEAD_GRAD_DEAD = 1e-6
+"""A head whose gradient norm is below this gets the dead glyph (same limit as a dead layer's elements)."""
+GRADIENT_CV = Band(
+    "gradient CV",
+    "noise norm / signal norm of the update's minibatch gradients; footer stable|warn|BAD",
+    "above",
+    warn=0.5,
+    fail=2.0,
+    inclusive=True,
+)
+MEMORY = Band(
+    "[Mem:NN%]", "CUDA allocated / reserved, percent; hidden without CUDA", "above", warn=75.0, fail=90.0
+)
+DEAD_LAYERS = Band("dead layers", "parameter tensors with >90% of gradient elements < 1e-6", "above", warn=0)
+EXPLODING_LAYERS = Band(
+    "exploding layers", "parameter tensors with >10% of gradient elements > 10", "above", warn=0, fail=0
+)
+NAN_GRADS = Band("NaN grads", "non-finite gradient elements in the update", "above", warn=0, fail=0)
+
+BANDS: tuple[Band, ...] = (
+    ENTROPY,
+    HEAD_ENTROPY,
+    KL,
+    CLIP,
+    EXPLAINED_VARIANCE,
+    GRAD_NORM,
+    GRADIENT_CV,
+    DEAD_LAYERS,
+    EXPLODING_LAYERS,
+    NAN_GRADS,
+    MEMORY,
+)
+
+RETURN_TREND_WINDOW = 10
+"""The return trend compares the mean of the newest this-many batch returns with the ones before."""
+
+RETURN_TREND_FLAT = 0.02
+"""A trend within this share of the largest |return| in the window reads as flat (→)."""
+
+
+def rules() -> list[str]:
+    """One line per threshold, for the help screen and docs/tui.md (a test keeps the two in step)."""
+    lines = [band.describe() for band in BANDS]
+    lines += [
+        f"head grad norm: dead (✗) < {_num(HEAD_GRAD_DEAD)}",
+        f"warm-up: updates 0-{WARMUP_UPDATES - 1} show WARMING UP; only NaN/exploding grads raise FAIL",
+        "gradient CV: footer word only, never the banner status (healthy runs measured median 2.9)",
+        "[Mem:NN%] colours only (dim ≤ 75, yellow > 75, red bold > 90); it never raises the status",
+        "value loss: no threshold (its scale follows the returns); non-finite is FAIL",
+        f"connection: SLOW after {_num(SLOW_AFTER_PERIODS)} heartbeat periods of silence, "
+        f"STALE after {_num(STALE_AFTER_PERIODS)}",
+        f"return trend: mean of the last {RETURN_TREND_WINDOW} batches vs the {RETURN_TREND_WINDOW} before; "
+        f"flat (→) within {RETURN_TREND_FLAT:.0%} of the largest |return|",
+    ]
+    return lines

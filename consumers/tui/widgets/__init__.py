@@ -1,0 +1,1 @@
+"""The dashboard's panels; each draws one part of a ``View`` and nothing else."""

@@ -1,0 +1,133 @@
+"""The heads panel: per-head entropy and grad-norm bars with state glyphs, and the gradient-flow footer."""
+
+from __future__ import annotations
+
+import math
+
+from textual.content import Content
+
+from consumers.tui import thresholds as th
+from consumers.tui.derive import head_entropy_fraction, head_sizes
+from consumers.tui.thresholds import Level
+from consumers.tui.view import View
+from consumers.tui.widgets.palette import Palette
+from consumers.tui.widgets.panel import Panel
+from consumers.tui.widgets.render import bar, fmt, pack, pct, styled
+
+GLYPHS = {Level.NONE: "·", Level.OK: "✓", Level.WARN: "!", Level.FAIL: "✗"}
+CV_WORDS = {Level.OK: "stable", Level.WARN: "warn", Level.FAIL: "BAD"}
+MIN_BAR = 3
+MAX_BAR = 24
+
+
+def head_level(fraction: float | None, grad_norm: float | None) -> Level:
+    """A head's glyph: the worse of its entropy band and its gradient (dead < 1e-6, or past the fail norm)."""
+    levels = [Level.NONE]
+    if fraction is not None:
+        levels.append(th.HEAD_ENTROPY.level(fraction))
+    if grad_norm is not None:
+        dead = math.isfinite(grad_norm) and grad_norm < th.HEAD_GRAD_DEAD
+        levels.append(Level.FAIL if dead else th.GRAD_NORM.level(grad_norm))
+    return max(levels)
+
+
+def flow_footer(view: View) -> list[Content]:
+    """`Flow: CV:0.42 stable`, `Dead:d/N  Exploding:e/N` (N = total_layers), `Clip:↑10%/↓5%`."""
+    p = view.palette
+    t = view.snapshot.tamiyo
+    gq = t.gradient_quality
+    if gq.gradient_cv_step >= 0:
+        level = th.GRADIENT_CV.level(gq.gradient_cv)
+        cv = Content.assemble(
+            ("Flow: ", p.dim),
+            (f"CV:{gq.gradient_cv:.2f}", p.of(level)),
+            " ",
+            (CV_WORDS[level], p.of(level)),
+        )
+    else:
+        cv = Content.assemble(("Flow: ", p.dim), ("CV:– not measured yet", p.dim))
+    layers_level = max(th.DEAD_LAYERS.level(t.dead_layers), th.EXPLODING_LAYERS.level(t.exploding_layers))
+    layers = styled(
+        f"Dead:{t.dead_layers}/{t.total_layers}  Exploding:{t.exploding_layers}/{t.total_layers}",
+        p.of(layers_level),
+    )
+    clip = styled(f"Clip:↑{pct(gq.clip_fraction_positive)}/↓{pct(gq.clip_fraction_negative)}", "")
+    return [cv, layers, clip]
+
+
+class HeadsPanel(Panel):
+    """One row per action head (sizes from training_started), then the flow footer."""
+
+    def draw(self, view: View, width: int, height: int) -> Content:
+        s = view.snapshot
+        p = view.palette
+        sizes = head_sizes(s)
+        names = list(sizes) or list(s.tamiyo.head_entropy)
+        if not names:
+            return styled("no action heads yet (they come with training_started)", p.dim)
+        fractions = head_entropy_fraction(s)
+        grads = s.tamiyo.head_grad_norm
+        name_w = max(len(n) for n in names)
+        # name, entropy value (5), grad value (8), glyph (1) and four separating spaces
+        bar_w = max(MIN_BAR, min(MAX_BAR, (width - name_w - 5 - 8 - 1 - 5) // 2))
+        top_grad = max((g for g in grads.values() if math.isfinite(g)), default=0.0)
+
+        ent_title = "entropy H/ln n" if bar_w + 6 >= 15 else "entropy"
+        lines = [styled(f"{'head':<{name_w}} {ent_title:<{bar_w + 6}} grad norm", p.dim)]
+        for name in names:
+            lines.append(
+                _row(
+                    name,
+                    fractions.get(name),
+                    s.tamiyo.head_entropy.get(name),
+                    grads.get(name),
+                    bar_w,
+                    name_w,
+                    top_grad,
+                    p,
+                )
+            )
+        lines.append(styled("─" * max(1, width), p.dim))
+        if s.tamiyo.ppo_data_received:
+            lines.append(pack(flow_footer(view), width, sep="   "))
+        else:
+            lines.append(styled("Flow: waiting for the first ppo_update", p.dim))
+        return Content("\n").join(lines)
+
+
+def _row(
+    name: str,
+    fraction: float | None,
+    nats: float | None,
+    grad: float | None,
+    bar_w: int,
+    name_w: int,
+    top_grad: float,
+    p: Palette,
+) -> Content:
+    level = head_level(fraction, grad)
+    ent_level = th.HEAD_ENTROPY.level(fraction) if fraction is not None else Level.NONE
+    if fraction is not None:
+        ent_value, ent_bar = f"{fraction:5.2f}", bar(fraction, bar_w)
+    elif nats is not None:
+        ent_value, ent_bar = f"{fmt(nats):>4}n", " " * bar_w  # size unknown: raw nats, no band applies
+    else:
+        ent_value, ent_bar = "    –", " " * bar_w
+    if grad is not None:
+        grad_value = f"{fmt(grad, 2):>8}"
+        grad_bar = bar(grad / top_grad if top_grad > 0 else 0.0, bar_w)
+    else:
+        grad_value, grad_bar = f"{'–':>8}", " " * bar_w
+    return Content.assemble(
+        f"{name:<{name_w}}",
+        " ",
+        (ent_bar, p.of(ent_level) or p.accent),
+        " ",
+        (ent_value, p.of(ent_level)),
+        " ",
+        (grad_bar, p.accent),
+        " ",
+        grad_value,
+        " ",
+        (GLYPHS[level], p.of(level)),
+    )

@@ -1,0 +1,104 @@
+"""Small text builders the panels share: sparklines, bars, number formats and width-aware packing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from textual.content import Content
+
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+BAR_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def spark(values: Sequence[float], width: int) -> str:
+    """The newest ``width`` values as a sparkline scaled to their own min..max; gaps for non-finite."""
+    if width <= 0:
+        return ""
+    tail = list(values)[-width:]
+    finite = [v for v in tail if math.isfinite(v)]
+    if not finite:
+        return " " * len(tail)
+    lo, hi = min(finite), max(finite)
+    span = hi - lo
+    top = len(SPARK_LEVELS) - 1
+    out = []
+    for v in tail:
+        if not math.isfinite(v):
+            out.append(" ")
+        elif span <= 0:
+            out.append(SPARK_LEVELS[top // 2])
+        else:
+            out.append(SPARK_LEVELS[round((v - lo) / span * top)])
+    return "".join(out)
+
+
+def bar(fraction: float, width: int) -> str:
+    """A horizontal bar ``width`` cells wide filled to ``fraction`` (clamped to 0..1), in eighths."""
+    if width <= 0:
+        return ""
+    if not math.isfinite(fraction):
+        fraction = 1.0
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    text = "█" * full + (BAR_EIGHTHS[part] if part else "")
+    return text.ljust(width)
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A compact number: 3 significant digits, scientific below 1e-3 and above 1e5."""
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x == 0:
+        return "0"
+    mag = abs(x)
+    if mag < 1e-3 or mag >= 1e5:
+        return f"{x:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(mag)))
+    return f"{x:.{decimals}f}"
+
+
+def pct(x: float) -> str:
+    return f"{x:.0%}" if math.isfinite(x) else "nan"
+
+
+def pack(pieces: Iterable[Content], width: int, sep: str = "  ") -> Content:
+    """Join pieces with ``sep``, starting a new line rather than splitting a piece across lines."""
+    lines: list[Content] = []
+    line = Content("")
+    for piece in pieces:
+        if not piece.plain:
+            continue
+        if line.cell_length and line.cell_length + len(sep) + piece.cell_length > width:
+            lines.append(line)
+            line = Content("")
+        line = line + sep + piece if line.cell_length else piece
+    if line.cell_length or not lines:
+        lines.append(line)
+    return Content("\n").join(lines)
+
+
+def styled(text: str, style: str = "") -> Content:
+    return Content.styled(text, style) if style else Content(text)
+
+
+def chart(values: Sequence[float], width: int, rows: int) -> list[str]:
+    """The newest ``width`` values as a bar chart ``rows`` lines tall (top line first), min..max scaled."""
+    if width <= 0 or rows <= 0:
+        return []
+    tail = [v for v in list(values)[-width:] if math.isfinite(v)]
+    if not tail:
+        return [" " * width for _ in range(rows)]
+    lo, hi = min(tail), max(tail)
+    span = hi - lo
+    total = rows * 8
+    heights = [max(1, round((v - lo) / span * total)) if span > 0 else total // 2 for v in tail]
+    lines = []
+    for r in range(rows):
+        floor = (rows - 1 - r) * 8  # eighths below this line
+        cells = []
+        for h in heights:
+            fill = h - floor
+            cells.append("█" if fill >= 8 else (SPARK_LEVELS[fill - 1] if fill > 0 else " "))
+        lines.append("".join(cells).ljust(width))
+    return lines

@@ -1,0 +1,70 @@
+"""The status banner: the overall verdict, the compile state in its border title and [Mem:NN%]."""
+
+from __future__ import annotations
+
+from textual.content import Content
+
+from bus.liveness import SLOW, STALE, WAITING
+from consumers.tui import thresholds as th
+from consumers.tui.thresholds import Level
+from consumers.tui.view import View
+from consumers.tui.widgets.panel import Panel
+from consumers.tui.widgets.render import fmt, pack, pct, styled
+
+STATUS_CLASSES = {
+    Level.NONE: "status-none",
+    Level.OK: "status-ok",
+    Level.WARN: "status-warn",
+    Level.FAIL: "status-fail",
+}
+
+
+def border_title(compile_enabled: bool) -> Content:
+    """A Content, not a markup string: as markup, '[compiled]' would be eaten as a tag and never shown."""
+    return Content("TAMIYO [compiled]" if compile_enabled else "TAMIYO")
+
+
+def memory_piece(view: View) -> Content:
+    """[Mem:NN%] of allocated over reserved CUDA memory; empty without CUDA (nothing reserved)."""
+    infra = view.snapshot.tamiyo.infrastructure
+    if infra.cuda_memory_reserved_gb <= 0:
+        return Content("")
+    percent = infra.memory_usage_percent
+    level = th.MEMORY.level(percent)
+    style = {Level.OK: view.palette.dim, Level.WARN: view.palette.warn}.get(level, view.palette.fail)
+    return styled(f"[Mem:{percent:.0f}%]", style)
+
+
+class StatusBanner(Panel):
+    """Border title TAMIYO [compiled] / TAMIYO; one line of verdict, key numbers and memory."""
+
+    def show(self, view: View) -> None:
+        level = view.status.level
+        if view.connection == STALE:
+            level = Level.FAIL
+        for lvl, cls in STATUS_CLASSES.items():
+            self.set_class(lvl == level, cls)
+        self.border_title = border_title(view.snapshot.tamiyo.infrastructure.compile_enabled)
+        super().show(view)
+
+    def draw(self, view: View, width: int, height: int) -> Content:
+        p = view.palette
+        s = view.snapshot
+        t = s.tamiyo
+        status = view.status
+        pieces = [styled(f"● {status.label}", f"bold {p.of(status.level)}".strip())]
+        lesser = [what for level, what in status.findings if level < status.level]
+        if lesser:
+            pieces.append(styled("also " + ", ".join(lesser), p.warn))
+        if view.connection in (SLOW, STALE):
+            style = p.fail if view.connection == STALE else p.warn
+            pieces.append(styled(f"{view.connection}: no message for {view.silence_s:.0f}s", style))
+        elif view.connection == WAITING:
+            pieces.append(styled(f"listening on {view.endpoint}", p.dim))
+        if t.ppo_data_received:
+            pieces.append(Content.assemble(("KL ", p.dim), fmt(t.kl_divergence)))
+            pieces.append(Content.assemble(("clip ", p.dim), pct(t.clip_fraction)))
+            pieces.append(Content.assemble(("EV ", p.dim), fmt(t.explained_variance)))
+            pieces.append(Content.assemble(("lr ", p.dim), fmt(t.lr)))
+        pieces.append(memory_piece(view))
+        return pack(pieces, width, sep="   ")

@@ -1,0 +1,177 @@
+"""Synthetic envelopes for the dashboard tests: real bus.contract events with fixed ids, seqs and times."""
+
+from __future__ import annotations
+
+import math
+
+from bus.contract import (
+    SCHEMA_VERSION,
+    BatchCompleted,
+    Envelope,
+    Event,
+    Heartbeat,
+    PPOUpdate,
+    TrainingFinished,
+    TrainingStarted,
+)
+
+HEADS = {
+    "op": 6,
+    "slot": 4,
+    "blueprint": 13,
+    "style": 4,
+    "tempo": 3,
+    "alpha_target": 3,
+    "alpha_speed": 4,
+    "alpha_curve": 5,
+}
+T0 = 1_700_000_000.0
+
+
+class Run:
+    """Hands out envelopes of one run with contiguous seqs and timestamps one second apart."""
+
+    def __init__(self, run_id: str = "run-a1b2c3d4", seq: int = 0) -> None:
+        self.run_id = run_id
+        self.seq = seq
+
+    def env(self, event: Event) -> Envelope:
+        env = Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=self.seq, ts=T0 + self.seq, event=event)
+        self.seq += 1
+        return env
+
+
+def started(
+    *, compile_enabled: bool = False, total_updates: int = 500, device: str = "cpu"
+) -> TrainingStarted:
+    return TrainingStarted(
+        n_envs=4,
+        max_epochs=25,
+        task="tamiyo-sim",
+        host_params=120_000,
+        slot_ids=["r0c0", "r0c1", "r1c0", "r1c1"],
+        seed=42,
+        n_episodes=0,
+        lr=3e-4,
+        clip_ratio=0.2,
+        entropy_coef=0.01,
+        param_budget=200_000,
+        policy_device=device,
+        env_devices=[device],
+        reward_mode="shaped",
+        compile_enabled=compile_enabled,
+        compile_backend="inductor" if compile_enabled else "",
+        compile_mode="default" if compile_enabled else "",
+        action_heads=dict(HEADS),
+        total_updates=total_updates,
+        rollout_steps=64,
+        num_minibatches=4,
+        update_epochs=4,
+        gamma=0.99,
+        gae_lambda=0.95,
+        torch_version="2.13.0",
+        hostname="trainhost",
+    )
+
+
+def head_entropies(fraction: float, spread: float = 0.0) -> dict[str, float]:
+    """Per-head entropy in nats at ``fraction`` of each head's maximum ln(size), heads apart by ``spread``."""
+    return {
+        name: min(1.0, fraction * (1 + spread * math.sin(3 * i))) * math.log(size)
+        for i, (name, size) in enumerate(HEADS.items())
+    }
+
+
+def ppo(update: int, **overrides: object) -> PPOUpdate:
+    """A healthy update; ``overrides`` replace any field."""
+    wobble = math.sin(update * 0.7)
+    frac = 0.8 - 0.002 * update
+    heads = head_entropies(frac, spread=0.3)
+    fields: dict[str, object] = dict(
+        update=update,
+        train_steps=update * 16,
+        env_steps=(update + 1) * 256,
+        policy_loss=-0.01 + 0.002 * wobble,
+        value_loss=0.5 / (1 + 0.05 * update) + 0.02 * wobble,
+        entropy=sum(heads.values()),
+        grad_norm=0.8 + 0.1 * wobble,
+        kl_divergence=0.008 + 0.002 * wobble,
+        clip_fraction=0.15,
+        clip_fraction_positive=0.10,
+        clip_fraction_negative=0.05,
+        gradient_cv=0.42,
+        gradient_cv_step=(update // 10) * 10,
+        cuda_memory_allocated_gb=0.0,
+        cuda_memory_reserved_gb=0.0,
+        cuda_memory_peak_gb=0.0,
+        cuda_memory_fragmentation=0.0,
+        cuda_memory_step=(update // 10) * 10,
+        explained_variance=min(0.9, 0.1 + 0.03 * update),
+        dead_layers=0,
+        exploding_layers=0,
+        total_layers=14,
+        nan_grad_count=0,
+        head_entropy=heads,
+        head_grad_norm={
+            name: 0.05 + 0.04 * abs(math.sin(i * 1.7)) + 0.005 * wobble for i, name in enumerate(HEADS)
+        },
+        lr=3e-4,
+        update_time_ms=120.0,
+    )
+    fields.update(overrides)
+    return PPOUpdate(**fields)  # type: ignore[arg-type]
+
+
+def batch(update: int, **overrides: object) -> BatchCompleted:
+    fields: dict[str, object] = dict(
+        update=update,
+        env_steps=(update + 1) * 256,
+        fps=2000.0 + 50 * math.sin(update),
+        step_time_ms=2.0,
+        episodes_completed=update * 4,
+        episodes=4,
+        return_mean=-1.0 + 0.05 * update + 0.2 * math.sin(update * 1.3),
+        return_min=-3.0 + 0.05 * update,
+        return_max=1.0 + 0.05 * update,
+    )
+    fields.update(overrides)
+    return BatchCompleted(**fields)  # type: ignore[arg-type]
+
+
+def heartbeat(phase: str = "rollout", update: int = 0, period_s: float = 1.0) -> Heartbeat:
+    return Heartbeat(
+        period_s=period_s,
+        phase=phase,
+        update=update,
+        uptime_s=60.0 + update,
+        dropped=0,
+        dropped_since_last=0,
+        sent=0,
+    )
+
+
+def finished(reason: str = "done", updates: int = 0, error: str = "") -> TrainingFinished:
+    return TrainingFinished(reason=reason, updates=updates, env_steps=updates * 256, error=error)
+
+
+def healthy_run(run: Run, updates: int = 40, **started_kw: object) -> list[Envelope]:
+    """training_started, then a batch, a ppo_update and a heartbeat per update."""
+    out = [run.env(started(**started_kw))]  # type: ignore[arg-type]
+    for u in range(updates):
+        out.append(run.env(batch(u)))
+        out.append(run.env(ppo(u)))
+        out.append(run.env(heartbeat("update", u)))
+    return out
+
+
+class Clock:
+    """An injectable clock the tests move by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
