@@ -1,0 +1,352 @@
+"""Recurrent PPO on TamiyoEnv, in the shape of CleanRL's ppo_atari_lstm.py: rollout, GAE, update.
+
+Minibatches split whole env sequences (each replays its stored initial LSTM state), so
+the LSTM sees contiguous time. All diagnostics stay tensors during an update and are
+brought to the host with a single ``tolist()`` at its end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from producer.config import TrainConfig
+from producer.diagnostics import (
+    ThrottledValues,
+    collect_cuda_memory_metrics,
+    compute_directional_clip_fraction,
+    compute_gradient_cv,
+    compute_head_grad_norms,
+    compute_layer_health,
+    explained_variance,
+)
+from producer.env import TamiyoEnv
+from producer.model import Policy, segments
+
+PhaseHook = Callable[[str], None]
+StopCheck = Callable[[], bool]
+
+_SCALARS = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "kl_divergence",
+    "clip_fraction",
+    "clip_fraction_positive",
+    "clip_fraction_negative",
+    "grad_norm",
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" picks cuda when available; asking for cuda without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+@dataclass
+class RolloutStats:
+    """One rollout's progress numbers (the batch_completed event)."""
+
+    env_steps: int
+    fps: float
+    step_time_ms: float
+    episodes_completed: int
+    returns: list[float] = field(default_factory=list)
+
+
+class Trainer:
+    """Owns the env, the policy and the optimiser; ``rollout()`` then ``update()`` is one PPO iteration."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, phase: PhaseHook | None = None) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.set_phase: PhaseHook = phase or (lambda _phase: None)
+        torch.manual_seed(cfg.seed)
+        self.env = TamiyoEnv(
+            cfg.n_envs,
+            n_slots=cfg.n_slots,
+            max_epochs=cfg.max_epochs,
+            param_budget=cfg.param_budget,
+            device=device,
+            seed=cfg.seed,
+        )
+        self.heads = self.env.heads
+        self.policy = Policy(self.env.obs_dim, self.heads, cfg.hidden_size).to(device)
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=1e-5, foreach=True)
+        # The fused LSTM stays eager (one ATen call per span); the dense parts are compiled.
+        self.step_fn = self.policy.step
+        self.heads_fn = self.policy.heads_out
+        self._compiling = {"step": cfg.compile, "heads": cfg.compile}
+        if cfg.compile:
+            options = {"backend": cfg.compile_backend, "mode": cfg.compile_mode}
+            self.step_fn = torch.compile(self.policy.step, **options)
+            self.heads_fn = torch.compile(self.policy.heads_out, **options)
+        self.sample_gen = torch.Generator(device=device)
+        self.sample_gen.manual_seed(cfg.seed + 1)
+        self.shuffle_gen = torch.Generator()
+        self.shuffle_gen.manual_seed(cfg.seed + 2)
+
+        T, B = cfg.rollout_steps, cfg.n_envs
+        n_heads = len(self.heads)
+        self.obs = torch.zeros(T, B, self.env.obs_dim, device=device)
+        self.actions = torch.zeros(T, B, n_heads, dtype=torch.long, device=device)
+        self.logprobs = torch.zeros(T, B, device=device)
+        self.rewards = torch.zeros(T, B, device=device)
+        self.dones = torch.zeros(T, B, device=device)
+        self.values = torch.zeros(T, B, device=device)
+        self.ended = torch.zeros(T, B, dtype=torch.bool, device=device)
+        self.ended_returns = torch.zeros(T, B, device=device)
+        self.advantages = torch.zeros(T, B, device=device)
+        self.returns = torch.zeros(T, B, device=device)
+
+        self.next_obs = self.env.reset()
+        self.next_done = torch.zeros(B, device=device)
+        self.lstm_state = self.policy.initial_state(B, device)
+        self.initial_lstm_state = self.policy.initial_state(B, device)
+
+        self.episode_starts: list[int] = []
+        """Rollout steps at which some env began an episode (where the LSTM state resets)."""
+        self.train_steps = 0
+        """Completed PPO updates."""
+        self.env_steps = 0
+        self.episodes_completed = 0
+        self.throttled = ThrottledValues(every=cfg.diagnostics_every)
+        self.diagnostics_ms = 0.0
+        """Wall time spent in the throttled diagnostics (gradient copies, gradient_cv, CUDA memory)."""
+        self.update_ms = 0.0
+        """Wall time spent in update() in total."""
+        self._cv_buffer: torch.Tensor | None = None
+
+    # -- rollout -----------------------------------------------------------------
+
+    def _first_call(self, name: str, fn: Callable[..., object], phase: str, *args: object) -> object:
+        """Call a compiled function, reporting the "compiling" phase while its first call runs."""
+        if not self._compiling[name]:
+            return fn(*args)
+        self.set_phase("compiling")
+        try:
+            return fn(*args)
+        finally:
+            self._compiling[name] = False
+            self.set_phase(phase)
+
+    def rollout(self, should_stop: StopCheck = lambda: False) -> RolloutStats | None:
+        """Collect ``rollout_steps`` steps from every env and compute GAE; None when stopped midway."""
+        cfg = self.cfg
+        self.set_phase("rollout")
+        started = time.perf_counter()
+        self.initial_lstm_state = (self.lstm_state[0].clone(), self.lstm_state[1].clone())
+        noise_shape = (cfg.n_envs, len(self.heads), self.policy.max_choices)
+        for t in range(cfg.rollout_steps):
+            if should_stop():
+                return None
+            self.obs[t] = self.next_obs
+            self.dones[t] = self.next_done
+            with torch.no_grad():
+                gumbel = (
+                    -torch.empty(noise_shape, device=self.device)
+                    .exponential_(generator=self.sample_gen)
+                    .log()
+                )
+                action, logprob, value, self.lstm_state = self._first_call(
+                    "step", self.step_fn, "rollout", self.next_obs, self.lstm_state, self.next_done, gumbel
+                )  # type: ignore[misc]
+            self.actions[t] = action
+            self.logprobs[t] = logprob
+            self.values[t] = value
+            result = self.env.step(action)
+            self.rewards[t] = result.reward
+            self.ended[t] = result.done
+            self.ended_returns[t] = result.episode_return
+            self.next_obs = result.obs
+            self.next_done = result.done.float()
+        self._compute_gae()
+        T = cfg.rollout_steps
+        n = T * cfg.n_envs
+        host = torch.cat(  # the rollout's one host sync
+            (self.dones.any(1).float(), self.ended.flatten().float(), self.ended_returns.flatten())
+        ).tolist()
+        self.episode_starts = [t for t in range(T) if host[t]]
+        returns = [r for ended, r in zip(host[T : T + n], host[T + n :], strict=True) if ended]
+        elapsed = time.perf_counter() - started
+        steps = cfg.rollout_steps * cfg.n_envs
+        self.env_steps += steps
+        self.episodes_completed += len(returns)
+        return RolloutStats(
+            env_steps=self.env_steps,
+            fps=steps / elapsed,
+            step_time_ms=elapsed * 1000.0 / cfg.rollout_steps,
+            episodes_completed=self.episodes_completed,
+            returns=returns,
+        )
+
+    @torch.no_grad()
+    def _compute_gae(self) -> None:
+        cfg = self.cfg
+        next_value = self.policy.value(self.next_obs, self.lstm_state, self.next_done)
+        last = torch.zeros(cfg.n_envs, device=self.device)
+        for t in reversed(range(cfg.rollout_steps)):
+            if t == cfg.rollout_steps - 1:
+                not_done, next_values = 1.0 - self.next_done, next_value
+            else:
+                not_done, next_values = 1.0 - self.dones[t + 1], self.values[t + 1]
+            delta = self.rewards[t] + cfg.gamma * next_values * not_done - self.values[t]
+            last = delta + cfg.gamma * cfg.gae_lambda * not_done * last
+            self.advantages[t] = last
+        self.returns = self.advantages + self.values
+
+    # -- update ------------------------------------------------------------------
+
+    def update(self, should_stop: StopCheck = lambda: False) -> dict[str, Any] | None:
+        """One PPO update on the last rollout; every PPOUpdate field, or None when stopped midway."""
+        cfg = self.cfg
+        self.set_phase("update")
+        started = time.perf_counter()
+        if cfg.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - self.train_steps / cfg.updates)
+        lr = self.optimizer.param_groups[0]["lr"]
+        measure = self.throttled.due(self.train_steps)
+        diag_s = 0.0
+        n_heads = len(self.heads)
+        sums = torch.zeros(len(_SCALARS) + 2 * n_heads, device=self.device)
+        nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
+        h0, c0 = self.initial_lstm_state
+        per_mb = cfg.envs_per_minibatch
+        n_minibatches = 0
+        health = None
+        spans = segments(self.episode_starts, cfg.rollout_steps)
+        for epoch in range(cfg.update_epochs):
+            order = torch.randperm(cfg.n_envs, generator=self.shuffle_gen).to(self.device)
+            for start in range(0, cfg.n_envs, per_mb):
+                if should_stop():
+                    return None
+                mb = order[start : start + per_mb]
+                core = self.policy.unroll(self.obs[:, mb], (h0[mb], c0[mb]), self.dones[:, mb], spans)
+                newlogprob, head_entropy, newvalue = self._first_call(
+                    "heads", self.heads_fn, "update", core, self.actions[:, mb]
+                )  # type: ignore[misc]
+                logratio = newlogprob - self.logprobs[:, mb]
+                ratio = logratio.exp()
+                adv = self.advantages[:, mb]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg_loss = torch.max(
+                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
+                ).mean()
+                v_loss = self._value_loss(newvalue, mb)
+                entropy = head_entropy.sum(-1).mean()
+                loss = pg_loss - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss
+
+                self.optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                with torch.no_grad():
+                    grads = [p.grad.reshape(-1) for p in self.params]
+                    if measure:  # keep this minibatch's gradient as one row of the gradient_cv stack
+                        flat = torch.cat(grads, out=self._cv_rows()[n_minibatches])
+                    else:
+                        flat = torch.cat(grads)
+                    nonfinite += (~torch.isfinite(flat)).sum()
+                    head_grad_norm = compute_head_grad_norms(self.policy.actor)
+                    last_minibatch = epoch == cfg.update_epochs - 1 and start + per_mb >= cfg.n_envs
+                    if last_minibatch:
+                        health = compute_layer_health(self.params)
+                grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    kl = ((ratio - 1) - logratio).mean()
+                    clipped = ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean()
+                    positive, negative = compute_directional_clip_fraction(ratio, cfg.clip_ratio)
+                    scalars = (pg_loss, v_loss, entropy, kl, clipped, positive, negative, grad_norm)
+                    sums += torch.cat(
+                        (
+                            torch.stack(scalars).detach().float(),
+                            head_entropy.mean((0, 1)).detach(),
+                            head_grad_norm,
+                        )
+                    )
+                n_minibatches += 1
+        assert health is not None
+
+        with torch.no_grad():
+            ev = explained_variance(self.values.flatten(), self.returns.flatten())
+            cv = torch.full((), float("nan"), device=self.device)
+            cuda_timing = None
+            if measure:
+                # Time the gradient_cv reduction without a sync of its own: CUDA events are
+                # read after the update's one sync below; on CPU the work is synchronous.
+                if self.device.type == "cuda":
+                    cuda_timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                    cuda_timing[0].record()
+                t0 = time.perf_counter()
+                cv = compute_gradient_cv(self._cv_rows())
+                if cuda_timing is not None:
+                    cuda_timing[1].record()
+                else:
+                    diag_s += time.perf_counter() - t0
+            tail = torch.stack(
+                (
+                    ev.double(),
+                    cv.double(),
+                    health.dead.double(),
+                    health.exploding.double(),
+                    nonfinite.double(),
+                )
+            )
+            packed = torch.cat(((sums / n_minibatches).double(), tail)).tolist()  # the update's one host sync
+
+        self.train_steps += 1
+        values = dict(zip(_SCALARS, packed[: len(_SCALARS)], strict=True))
+        head_entropy_l = packed[len(_SCALARS) : len(_SCALARS) + n_heads]
+        head_grad_l = packed[len(_SCALARS) + n_heads : len(_SCALARS) + 2 * n_heads]
+        ev_v, cv_v, dead, exploding, nonfinite_v = packed[len(_SCALARS) + 2 * n_heads :]
+        if measure:
+            t0 = time.perf_counter()
+            self.throttled.record_gradient_cv(cv_v, self.train_steps)
+            self.throttled.record_cuda_memory(collect_cuda_memory_metrics(self.device), self.train_steps)
+            diag_s += time.perf_counter() - t0
+            if cuda_timing is not None:
+                diag_s += cuda_timing[0].elapsed_time(cuda_timing[1]) / 1000.0
+        self.diagnostics_ms += diag_s * 1000.0
+        update_ms = (time.perf_counter() - started) * 1000.0
+        self.update_ms += update_ms
+        return {
+            "update": self.train_steps,
+            "train_steps": self.train_steps,
+            "env_steps": self.env_steps,
+            **values,
+            **self.throttled.fields(),
+            "explained_variance": ev_v,
+            "dead_layers": int(dead),
+            "exploding_layers": int(exploding),
+            "total_layers": health.total,
+            "nan_grad_count": int(nonfinite_v),
+            "head_entropy": dict(zip(self.heads, head_entropy_l, strict=True)),
+            "head_grad_norm": dict(zip(self.heads, head_grad_l, strict=True)),
+            "lr": lr,
+            "update_time_ms": update_ms,
+        }
+
+    def _cv_rows(self) -> torch.Tensor:
+        """(K, n_params) buffer for the K minibatch gradients of a measuring update, allocated once."""
+        if self._cv_buffer is None:
+            k = self.cfg.update_epochs * self.cfg.num_minibatches
+            self._cv_buffer = torch.empty(k, sum(p.numel() for p in self.params), device=self.device)
+        return self._cv_buffer
+
+    def _value_loss(self, newvalue: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+        returns = self.returns[:, mb]
+        unclipped = (newvalue - returns) ** 2
+        if not self.cfg.clip_vloss:
+            return 0.5 * unclipped.mean()
+        old = self.values[:, mb]
+        clipped = old + (newvalue - old).clamp(-self.cfg.clip_ratio, self.cfg.clip_ratio)
+        return 0.5 * torch.max(unclipped, (clipped - returns) ** 2).mean()
