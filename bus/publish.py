@@ -303,7 +303,7 @@ class BusPublisher:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(msg) < 2 or msg[0] != 1:
+            if not msg or msg[0] != 1:  # b"\x01" alone is a subscribe-to-everything
                 continue
             self._subscribed.set()
             topic = msg[1:]

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import TextIO
 
 from bus.endpoint import EndpointError
+from bus.security import SecurityError, add_security_arguments
 from producer import publisher as events
 from producer.config import TrainConfig
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="before training, wait up to SECONDS for a consumer to subscribe",
     )
     p.add_argument("--summary-json", default="", metavar="PATH", help="write a JSON run summary here")
+    add_security_arguments(p, "publisher")
     return p
 
 
@@ -124,6 +126,8 @@ def config_from_args(argv: Sequence[str] | None) -> TrainConfig:
         telemetry=not ns.no_telemetry,
         wait_for_subscriber=ns.wait_for_subscriber,
         summary_json=ns.summary_json,
+        allow_remote=ns.allow_remote,
+        curve_keys=ns.curve_keys or "",
     )
     problems = cfg.validate()
     if cfg.summary_json and not Path(cfg.summary_json).resolve().parent.is_dir():
@@ -302,9 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = sys.stderr
     try:
         telemetry: events.Telemetry = (
-            events.BusTelemetry(run_id, cfg.endpoint) if cfg.telemetry else events.NullTelemetry(run_id)
+            events.BusTelemetry(
+                run_id, cfg.endpoint, allow_remote=cfg.allow_remote, curve_keys=cfg.curve_keys
+            )
+            if cfg.telemetry
+            else events.NullTelemetry(run_id)
         )
-    except EndpointError as exc:
+    except (EndpointError, SecurityError) as exc:
         err.write(f"tamiyo: {exc}\n")
         return 2
     except Exception as exc:  # zmq.ZMQError and friends: a port in use, a bad address

@@ -66,6 +66,10 @@ class TrainConfig:
     """Measure gradient_cv and CUDA memory when train_steps % diagnostics_every == 0."""
     endpoint: str = field(default_factory=default_endpoint)
     """Where the telemetry XPUB socket binds ($TAMIYO_ENDPOINT or tcp://127.0.0.1:5555)."""
+    allow_remote: bool = False
+    """Allow binding a non-loopback address; needs ``curve_keys`` (prefer an SSH tunnel)."""
+    curve_keys: str = ""
+    """Key directory from ``python -m bus.keys generate DIR``: encrypt, admit only its clients."""
     telemetry: bool = True
     """Publish telemetry; False opens no socket at all (for overhead benchmarks)."""
     wait_for_subscriber: float = 0.0

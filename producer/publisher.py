@@ -7,6 +7,7 @@ with no socket at all, for ``--no-telemetry`` overhead runs.
 
 from __future__ import annotations
 
+import argparse
 import math
 import socket
 import time
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from bus.contract import BatchCompleted, Event, PPOUpdate, TrainingFinished, TrainingStarted
 from bus.publish import BusPublisher, PublisherConfig
+from bus.security import publisher_security
 from producer.config import TrainConfig
 
 TASK = "tamiyo-sim"
@@ -38,9 +40,12 @@ class Telemetry(Protocol):
 class BusTelemetry:
     """Publishes through a BusPublisher bound to ``endpoint``; raises EndpointError/ZMQError if it cannot."""
 
-    def __init__(self, run_id: str, endpoint: str) -> None:
+    def __init__(
+        self, run_id: str, endpoint: str, *, allow_remote: bool = False, curve_keys: str = ""
+    ) -> None:
         self.run_id = run_id
-        self.publisher = BusPublisher(run_id, PublisherConfig(endpoint=endpoint)).start()
+        security = publisher_security(argparse.Namespace(allow_remote=allow_remote, curve_keys=curve_keys))
+        self.publisher = BusPublisher(run_id, PublisherConfig(endpoint=endpoint, **security)).start()
         self.endpoint = self.publisher.bound_endpoint
 
     def set_phase(self, phase: str) -> None:

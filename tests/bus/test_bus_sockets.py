@@ -20,6 +20,7 @@ from bus_factories import (
 from bus.aggregator import Aggregator
 from bus.contract import SCHEMA_VERSION, Envelope
 from bus.feed import Gap, Item
+from bus.publish import BusPublisher, PublisherConfig
 from bus.state import HISTORY_LEN
 from bus.subscribe import Subscriber
 from bus.wire import MAX_MESSAGE_BYTES, encode, encode_body
@@ -254,3 +255,19 @@ def test_an_unencodable_event_costs_only_itself(make_publisher, make_subscriber)
     assert pub.stats.dropped_unencodable == 1 and c.gaps == [], "the dropped event took no seq"
     pub.publish(ppo_update(update=3))
     c.until(lambda: c.agg.state.tamiyo.update == 3)
+
+
+def test_a_subscribe_to_everything_client_counts_as_a_subscriber() -> None:
+    """A plain client that subscribes to b"" (one-byte subscription message) releases wait_for_subscriber."""
+    publisher = BusPublisher("everything", PublisherConfig(endpoint="tcp://127.0.0.1:*")).start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.subscribe(b"")
+        sock.connect(publisher.bound_endpoint)
+        assert publisher.wait_for_subscriber(20)
+    finally:
+        sock.close(0)
+        ctx.term()
+        publisher.close()

@@ -19,10 +19,11 @@ import zmq
 from bus.aggregator import Aggregator
 from bus.contract import BatchCompleted, Envelope, PPOUpdate, TrainingFinished, TrainingStarted
 from bus.feed import Gap
+from bus.security import client_keys
 from bus.subscribe import Subscriber, SubscriberConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_LINE = re.compile(r"^tamiyo: publishing on (tcp://127\.0\.0\.1:\d+) \(run (\S+)\)$")
+FIRST_LINE = re.compile(r"^tamiyo: publishing on (tcp://[0-9.]+:\d+) \(run (\S+)\)$")
 TINY = ["--n-envs", "4", "--rollout-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
 
 # What a client that knows only the documented contract (issue 2, docs/wire.md) expects to find.
@@ -272,6 +273,8 @@ def test_sigterm_without_telemetry_exits_143(producer: type[Producer]) -> None:
         (["--n-envs", "6", "--num-minibatches", "4"], "multiple of num_minibatches"),
         (["--updates", "many"], "invalid int value"),
         (["--endpoint", "tcp://0.0.0.0:5999"], "refusing to bind"),
+        (["--endpoint", "tcp://0.0.0.0:5999", "--allow-remote"], "needs CURVE keys"),
+        (["--curve-keys", "/nonexistent-keys"], "python -m bus.keys generate"),
         (["--summary-json", "/nonexistent-dir/summary.json"], "does not exist"),
     ],
 )
@@ -318,3 +321,40 @@ def test_endpoint_in_use_exits_1_with_a_clear_message() -> None:
         holder.close(0)
     assert result.returncode == 1
     assert f"cannot bind {endpoint}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_allow_remote_with_curve_keys_admits_only_authorized_consumers(
+    producer: type[Producer], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    subprocess.run(
+        [sys.executable, "-m", "bus.keys", "generate", str(keys)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    proc = producer(
+        "--endpoint",
+        "tcp://0.0.0.0:*",
+        "--allow-remote",
+        "--curve-keys",
+        str(keys),
+        "--updates",
+        "3",
+        *TINY,
+        "--wait-for-subscriber",
+        "20",
+    )
+    endpoint, run_id = proc.endpoint_and_run()
+    local = "tcp://127.0.0.1:" + endpoint.rsplit(":", 1)[1]  # traffic stays on loopback
+    client = client_keys(keys / "clients" / "client")
+    with (
+        Subscriber(SubscriberConfig(endpoint=local)) as stranger,
+        Subscriber(SubscriberConfig(endpoint=local, **client)) as sub,
+    ):
+        items = receive_until_finished(sub, Aggregator(), proc)
+        leaked = stranger.receive(0.2)
+    assert proc.proc.wait(30) == 0, proc.stderr()
+    assert {i.run_id for i in items if isinstance(i, Envelope)} == {run_id}
+    assert leaked == [] and stranger.stats.received == 0
