@@ -10,28 +10,10 @@ import math
 import random
 from typing import Any
 
-from bus.contract import (
-    SCHEMA_VERSION,
-    BatchCompleted,
-    Envelope,
-    Event,
-    Heartbeat,
-    PPOUpdate,
-    TrainingFinished,
-    TrainingStarted,
-)
+from testkit.events import HEADS, T0, envelope, training_started
 
-HEADS = {
-    "op": 6,
-    "slot": 4,
-    "blueprint": 13,
-    "style": 4,
-    "tempo": 3,
-    "alpha_target": 3,
-    "alpha_speed": 4,
-    "alpha_curve": 5,
-}
-T0 = 1_700_000_000.0
+from bus.contract import BatchCompleted, Envelope, Event, Heartbeat, PPOUpdate, TrainingFinished
+
 MEASURED = ("gradient_cv", "cuda_memory_fragmentation")
 
 
@@ -51,31 +33,12 @@ class Stream:
 
     def env(self, event: Event) -> Envelope:
         self.ts += self.dt
-        env = Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=self.seq, ts=self.ts, event=event)
+        env = envelope(self.seq, event, self.run_id, self.ts)
         self.seq += 1
         return env
 
     def started(self) -> Envelope:
-        return self.env(
-            TrainingStarted(
-                n_envs=4,
-                max_epochs=25,
-                task="tamiyo-sim",
-                host_params=120_000,
-                slot_ids=["r0c0", "r0c1", "r1c0", "r1c1"],
-                seed=42,
-                n_episodes=0,
-                lr=3e-4,
-                clip_ratio=0.2,
-                entropy_coef=0.01,
-                param_budget=200_000,
-                policy_device="cpu",
-                env_devices=["cpu"],
-                reward_mode="shaped",
-                action_heads=dict(HEADS),
-                diagnostics_every=self.diagnostics_every,
-            )
-        )
+        return self.env(training_started(diagnostics_every=self.diagnostics_every))
 
     def ppo(self, *, entropy_ratio: float = 0.8, **overrides: Any) -> Envelope:
         """The next update: healthy noise plus ``overrides``; MEASURED fields change only when measured."""

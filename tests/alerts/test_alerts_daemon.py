@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alerts_proc import Proc
 from alerts_stream import Stream
+from testkit.proc import Proc
 
 from bus.publish import BusPublisher, PublisherConfig
 from consumers.alerts.engine import Notification

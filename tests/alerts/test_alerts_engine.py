@@ -6,7 +6,8 @@ import math
 from typing import Any
 
 import pytest
-from alerts_stream import HEADS, Stream
+from alerts_stream import Stream
+from testkit.events import HEADS
 
 from bus.feed import Gap
 from consumers.alerts.daemon import AlertDaemon

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alerts_proc import Proc, free_port
+from testkit.proc import AFTER_EXIT_S, RUN_TIMEOUT_S, Proc, free_endpoint, real_producer
 
 from consumers.alerts.rules import default_rules_text
 
 UPDATES = 8
-TIMEOUT_S = 120.0
-"""For the producer's run (torch import, training); once it has exited its last events are in flight."""
-AFTER_EXIT_S = 30.0
 
 # Fires on the first update and resolves at update 3 of any real run: proves the wiring with real data.
 EARLY_UPDATES = """
@@ -37,18 +34,8 @@ def test_the_daemon_fires_and_resolves_on_a_real_run_and_feeds_the_hook(tmp_path
     rules = tmp_path / "rules.toml"
     rules.write_text(default_rules_text() + EARLY_UPDATES)
     hook_out = tmp_path / "hook.jsonl"
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    producer = Proc(
-        "producer",
-        "--endpoint",
-        endpoint,
-        "--updates",
-        str(UPDATES),
-        "--n-envs",
-        "4",
-        "--wait-for-subscriber",
-        "20",
-    )
+    endpoint = free_endpoint()
+    producer = real_producer(endpoint, UPDATES)
     daemon = Proc(
         "consumers.alerts",
         "--endpoint",
@@ -60,8 +47,8 @@ def test_the_daemon_fires_and_resolves_on_a_real_run_and_feeds_the_hook(tmp_path
         f"cat >> '{hook_out}'",
     )
     try:
-        _, run_id = producer.banner(TIMEOUT_S)
-        assert producer.proc.wait(TIMEOUT_S) == 0, producer.describe()
+        _, run_id = producer.banner(RUN_TIMEOUT_S)
+        assert producer.wait(RUN_TIMEOUT_S) == 0, producer.describe()
         daemon.wait_for(
             lambda: _early_resolved(hook_out), AFTER_EXIT_S, "the hook to see early_updates resolve"
         )

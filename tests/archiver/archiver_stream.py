@@ -7,39 +7,17 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from archiver_proc import Proc
+from testkit.events import training_started
+from testkit.proc import Proc
 
-from bus.contract import (
-    SCHEMA_VERSION,
-    BatchCompleted,
-    Envelope,
-    Event,
-    PPOUpdate,
-    TrainingStarted,
-)
+from bus.contract import BatchCompleted, PPOUpdate, TrainingStarted
 from bus.publish import BusPublisher
 
 HEADS = {"op": 6, "slot": 4, "blueprint": 13, "style": 4}
 
 
 def started(heads: dict[str, int] | None = None) -> TrainingStarted:
-    return TrainingStarted(
-        n_envs=4,
-        max_epochs=25,
-        task="tamiyo-sim",
-        host_params=120_000,
-        slot_ids=["r0c0", "r0c1"],
-        seed=42,
-        n_episodes=0,
-        lr=3e-4,
-        clip_ratio=0.2,
-        entropy_coef=0.01,
-        param_budget=200_000,
-        policy_device="cpu",
-        env_devices=["cpu"],
-        reward_mode="shaped",
-        action_heads=dict(heads or HEADS),
-    )
+    return training_started(slot_ids=["r0c0", "r0c1"], action_heads=dict(heads or HEADS))
 
 
 def ppo(update: int, heads: dict[str, int] | None = None) -> PPOUpdate:
@@ -86,12 +64,6 @@ def batch(update: int) -> BatchCompleted:
         return_mean=float(update) if update % 3 else None,
         return_min=float(update) if update % 3 else None,
         return_max=float(update) if update % 3 else None,
-    )
-
-
-def envelope(run_id: str, seq: int, event: Event, ts: float | None = None) -> Envelope:
-    return Envelope(
-        schema=SCHEMA_VERSION, run_id=run_id, seq=seq, ts=1.7e9 + seq if ts is None else ts, event=event
     )
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from archiver_stream import HEADS, batch, envelope, ppo, started
+from archiver_stream import HEADS, batch, ppo, started
 from msgspec.structs import replace
+from testkit.events import envelope
 
 from bus.contract import Heartbeat, TrainingFinished
 from bus.feed import Gap
@@ -126,8 +127,8 @@ def test_same_columns_in_another_order_share_a_file_and_new_columns_start_the_ne
 def test_resuming_a_file_written_with_other_columns_starts_a_new_part(tmp_path: Path) -> None:
     (tmp_path / "ppo_update.csv").write_text("seq,ts,update\n0,1.0,0\n1,2.0,1\n")  # an older archiver
     run = RunArchive(tmp_path.parent, tmp_path.name)
-    run.on_envelope(envelope(tmp_path.name, 1, ppo(1)), 0.0)  # already on disk
-    run.on_envelope(envelope(tmp_path.name, 2, ppo(2)), 0.0)
+    run.on_envelope(envelope(1, ppo(1), tmp_path.name), 0.0)  # already on disk
+    run.on_envelope(envelope(2, ppo(2), tmp_path.name), 0.0)
     run.close()
     assert pd.read_csv(tmp_path / "ppo_update.csv")["update"].tolist() == [0, 1]
     assert pd.read_csv(tmp_path / "ppo_update.2.csv")["update"].tolist() == [2]
@@ -135,18 +136,18 @@ def test_resuming_a_file_written_with_other_columns_starts_a_new_part(tmp_path: 
 
 def test_a_resumed_run_skips_what_is_on_disk_and_records_what_it_never_got(tmp_path: Path) -> None:
     run = RunArchive(tmp_path, "r1")
-    run.on_envelope(envelope("r1", 0, started()), 100.0)
+    run.on_envelope(envelope(0, started(), "r1"), 100.0)
     for seq in range(1, 11):
-        run.on_envelope(envelope("r1", seq, ppo(seq) if seq % 2 else batch(seq)), 100.0)
+        run.on_envelope(envelope(seq, ppo(seq) if seq % 2 else batch(seq), "r1"), 100.0)
     run.close()
 
     again = RunArchive(tmp_path, "r1")
     assert again.resumed and again.held_through == 10
-    assert not again.on_envelope(envelope("r1", 0, started()), 200.0)  # the replay resends history
-    assert not again.on_envelope(envelope("r1", 9, ppo(9)), 200.0)
-    assert again.on_envelope(envelope("r1", 14, ppo(14)), 200.0)  # 11..13: gone before the restart
+    assert not again.on_envelope(envelope(0, started(), "r1"), 200.0)  # the replay resends history
+    assert not again.on_envelope(envelope(9, ppo(9), "r1"), 200.0)
+    assert again.on_envelope(envelope(14, ppo(14), "r1"), 200.0)  # 11..13: gone before the restart
     again.on_gap(Gap("r1", 15, 16, 0.0), 201.0)  # lost on the way while connected
-    again.on_envelope(envelope("r1", 17, batch(17)), 202.0)
+    again.on_envelope(envelope(17, batch(17), "r1"), 202.0)
     again.close()
     assert again.stats.duplicates == 2 and again.stats.missed == 2 and again.stats.unseen == 3
     gaps = pd.read_csv(tmp_path / "r1" / "gaps.csv")
@@ -173,16 +174,16 @@ def test_the_archiver_switches_runs_and_reports_each(tmp_path: Path) -> None:
     lines: list[str] = []
     arch = Archiver(tmp_path, report=lines.append, wall_clock=lambda: 42.0)
     items = [
-        envelope("a", 0, started()),
-        envelope("a", 1, ppo(0)),
+        envelope(0, started(), "a"),
+        envelope(1, ppo(0), "a"),
         Gap("a", 2, 4, 0.0),
-        envelope("a", 5, ppo(1)),
+        envelope(5, ppo(1), "a"),
     ]
-    items.append(envelope("a", 6, TrainingFinished(reason="done", updates=2, env_steps=1)))
+    items.append(envelope(6, TrainingFinished(reason="done", updates=2, env_steps=1), "a"))
     beat = Heartbeat(
         period_s=1.0, phase="rollout", update=0, uptime_s=1.0, dropped=0, dropped_since_last=0, sent=1
     )
-    items += [envelope("b", 0, started(), ts=1.8e9), envelope("b", 1, beat, ts=1.8e9 + 1)]
+    items += [envelope(0, started(), "b", ts=1.8e9), envelope(1, beat, "b", ts=1.8e9 + 1)]
     arch.handle(items, now=1.0)
     arch.close()
     assert [line.split(":")[1].strip() for line in lines] == ["run a", "run b"]
@@ -196,9 +197,9 @@ def test_the_archiver_switches_runs_and_reports_each(tmp_path: Path) -> None:
 
 def test_every_file_reads_with_pandas_without_options(tmp_path: Path) -> None:
     arch = Archiver(tmp_path, report=lambda line: None)
-    items = [envelope("r", 0, started())]
+    items = [envelope(0, started(), "r")]
     for u in range(6):
-        items += [envelope("r", 2 * u + 1, ppo(u)), envelope("r", 2 * u + 2, batch(u))]
+        items += [envelope(2 * u + 1, ppo(u), "r"), envelope(2 * u + 2, batch(u), "r")]
     arch.handle(items, now=0.0)
     arch.close()
     for path in (tmp_path / "r").glob("*.csv"):

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from archiver_proc import Proc
 from archiver_stream import HEADS, Streamer, batch, csv_rows, ppo, read, started, wait_rows
+from testkit.proc import Proc
 
 from bus.contract import TrainingFinished
 from bus.publish import BusPublisher, PublisherConfig

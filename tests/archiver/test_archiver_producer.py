@@ -6,34 +6,21 @@ import json
 import math
 from pathlib import Path
 
-from archiver_proc import Proc, free_port
 from archiver_stream import read, wait_rows
+from testkit.proc import AFTER_EXIT_S, RUN_TIMEOUT_S, Proc, free_endpoint, real_producer
 
 UPDATES = 8
-TIMEOUT_S = 120.0
-"""For the producer's run (torch import, training); once it has exited its last events are in flight."""
-AFTER_EXIT_S = 30.0
 
 
 def test_a_real_training_run_lands_in_csv_files_pandas_reads(tmp_path: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    producer = Proc(
-        "producer",
-        "--endpoint",
-        endpoint,
-        "--updates",
-        str(UPDATES),
-        "--n-envs",
-        "4",
-        "--wait-for-subscriber",
-        "20",
-    )
+    endpoint = free_endpoint()
+    producer = real_producer(endpoint, UPDATES)
     archiver = Proc("consumers.archiver", "--endpoint", endpoint, "--out", str(tmp_path))
     try:
-        bound, run_id = producer.banner(TIMEOUT_S)
+        bound, run_id = producer.banner(RUN_TIMEOUT_S)
         assert bound == endpoint
         run_dir = tmp_path / run_id
-        assert producer.proc.wait(TIMEOUT_S) == 0, producer.describe()
+        assert producer.wait(RUN_TIMEOUT_S) == 0, producer.describe()
         wait_rows(run_dir / "training_finished.csv", 1, AFTER_EXIT_S, archiver)
         assert archiver.stop() == 0, archiver.describe()
     finally:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from testkit import events
+from testkit.events import trainer_heads
+
 from bus.contract import (
-    SCHEMA_VERSION,
     BatchCompleted,
     Envelope,
     Event,
@@ -17,34 +19,19 @@ from bus.contract import (
     TrainingStarted,
 )
 
-HEADS = {
-    "op": 6,
-    "slot": 3,
-    "blueprint": 13,
-    "style": 4,
-    "tempo": 3,
-    "alpha_target": 3,
-    "alpha_speed": 4,
-    "alpha_curve": 5,
-}
+HEADS = trainer_heads(slots=3)
 
 
 def training_started(**overrides: Any) -> TrainingStarted:
+    """testkit's run, but an MNIST host compiled on a GPU with three slots; ``overrides`` replace any."""
     fields: dict[str, Any] = {
-        "n_envs": 4,
-        "max_epochs": 25,
         "task": "mnist",
         "host_params": 1_000_000,
         "slot_ids": ["slot_0", "slot_1", "slot_2"],
-        "seed": 42,
         "n_episodes": 100,
-        "lr": 3e-4,
-        "clip_ratio": 0.2,
-        "entropy_coef": 0.01,
         "param_budget": 500_000,
         "policy_device": "cuda:0",
         "env_devices": ["cuda:0"] * 4,
-        "reward_mode": "shaped",
         "compile_enabled": True,
         "compile_backend": "inductor",
         "compile_mode": "reduce-overhead",
@@ -53,7 +40,7 @@ def training_started(**overrides: Any) -> TrainingStarted:
         "rank": 0,
     }
     fields.update(overrides)
-    return TrainingStarted(**fields)
+    return events.training_started(**fields)
 
 
 def ppo_update(update: int = 1, **overrides: Any) -> PPOUpdate:
@@ -138,13 +125,8 @@ ALL_EVENTS: tuple[Event, ...] = (
 def envelope(
     seq: int, event: Event | None = None, run_id: str = "run-a", ts: float | None = None
 ) -> Envelope:
-    return Envelope(
-        schema=SCHEMA_VERSION,
-        run_id=run_id,
-        seq=seq,
-        ts=1_700_000_000.0 + seq if ts is None else ts,
-        event=heartbeat() if event is None else event,
-    )
+    """testkit's envelope, of a heartbeat unless ``event`` is given."""
+    return events.envelope(seq, heartbeat() if event is None else event, run_id, ts)
 
 
 def replay_end(last_seq: int, run_id: str = "run-a", count: int = 0) -> ReplayEnd:

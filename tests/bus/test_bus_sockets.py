@@ -18,7 +18,7 @@ from bus_factories import (
 )
 
 from bus.aggregator import Aggregator
-from bus.contract import SCHEMA_VERSION, Envelope
+from bus.contract import SCHEMA_VERSION, Envelope, Event
 from bus.feed import Gap, Item
 from bus.publish import BusPublisher, PublisherConfig
 from bus.state import HISTORY_LEN
@@ -59,6 +59,27 @@ class Consumer:
         return [(g.first, g.last) for g in self.items if isinstance(g, Gap)]
 
 
+class PlainSender:
+    """One run's envelopes, seqs contiguous, sent on a plain PUB socket; a call sends ``event(seq)``."""
+
+    def __init__(
+        self, sock: zmq.Socket, run_id: str, event: Callable[[int], Event] = lambda seq: heartbeat()
+    ) -> None:
+        self.sock = sock
+        self.run_id = run_id
+        self.event = event
+        self.seq = 0
+
+    def __call__(self) -> None:
+        self.send(self.event(self.seq))
+
+    def send(self, event: Event) -> Envelope:
+        env = envelope(self.seq, event, run_id=self.run_id)
+        self.seq += 1
+        self.sock.send_multipart(encode(env))
+        return env
+
+
 def test_late_joiner_gets_session_metadata_and_recent_history_from_the_replay(
     make_publisher, make_subscriber
 ) -> None:
@@ -95,13 +116,7 @@ def test_consumer_of_a_non_replaying_publisher_works_after_the_sync_timeout(
 ) -> None:
     sock, endpoint = plain_pub
     c = Consumer(make_subscriber(endpoint, sync_timeout_s=0.3))
-    seq = 0
-
-    def send() -> None:
-        nonlocal seq
-        sock.send_multipart(encode(envelope(seq, heartbeat(), run_id="plain")))
-        seq += 1
-
+    send = PlainSender(sock, "plain")
     c.until(lambda: len(c.seqs) >= 5, also=send)  # sent until the slow joiner has joined
     assert c.seqs == list(range(c.seqs[0], c.seqs[0] + len(c.seqs)))
     assert c.gaps == []
@@ -135,13 +150,7 @@ def test_garbage_from_a_rogue_publisher_is_refused_and_counted_while_valid_messa
 ) -> None:
     sock, endpoint = plain_pub
     c = Consumer(make_subscriber(endpoint, sync_timeout_s=0.2))
-    seq = 0
-
-    def valid() -> None:
-        nonlocal seq
-        sock.send_multipart(encode(envelope(seq, ppo_update(update=seq), run_id="rogue")))
-        seq += 1
-
+    valid = PlainSender(sock, "rogue", lambda seq: ppo_update(update=seq))
     c.until(lambda: len(c.seqs) >= 1, also=valid)
     first = c.seqs[0]
     good = encode_body(envelope(0, ppo_update(), run_id="rogue"))
@@ -163,11 +172,11 @@ def test_garbage_from_a_rogue_publisher_is_refused_and_counted_while_valid_messa
         valid()
         sock.send_multipart(frames)
     valid()
-    unknown["seq"] = seq  # an event type from a newer producer takes its seq's place
-    seq += 1
+    unknown["seq"] = valid.seq  # an event type from a newer producer takes its seq's place
+    valid.seq += 1
     sock.send_multipart([b"x_new", msgspec.msgpack.encode(unknown)])
     valid()
-    last = seq - 1
+    last = valid.seq - 1
     c.until(lambda: c.agg.state.delivery.last_seq == last)
 
     assert c.seqs == [s for s in range(first, last + 1) if s != unknown["seq"]]
@@ -184,17 +193,9 @@ def test_oversized_message_is_refused_by_the_socket_and_the_consumer_reconnects(
 ) -> None:
     sock, endpoint = plain_pub
     c = Consumer(make_subscriber(endpoint, sync_timeout_s=0.2))
-    seq = 0
-
-    def valid() -> None:
-        nonlocal seq
-        sock.send_multipart(encode(envelope(seq, heartbeat(), run_id="big")))
-        seq += 1
-
+    valid = PlainSender(sock, "big")
     c.until(lambda: len(c.seqs) >= 1, also=valid)
-    huge = envelope(seq, heartbeat(phase="x" * (MAX_MESSAGE_BYTES + 1)), run_id="big")
-    seq += 1
-    sock.send_multipart(encode(huge))
+    huge = valid.send(heartbeat(phase="x" * (MAX_MESSAGE_BYTES + 1)))
     # ZeroMQ drops such a connection for good; the subscriber sees that and connects again.
     c.until(lambda: c.sub.stats.reconnects >= 1 and len(c.seqs) >= 1 and c.seqs[-1] > huge.seq, also=valid)
     assert huge.seq not in c.seqs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testkit.events import trainer_heads
 
 from producer.config import TrainConfig
 from producer.env import (
@@ -36,16 +37,7 @@ def act(n: int, op: int, slot: int = 0, bp: int = 0, style: int = 0, tempo: int 
 
 def test_heads_and_shapes() -> None:
     heads = action_heads(3)
-    assert heads == {
-        "op": 6,
-        "slot": 3,
-        "blueprint": 13,
-        "style": 4,
-        "tempo": 3,
-        "alpha_target": 3,
-        "alpha_speed": 4,
-        "alpha_curve": 5,
-    }
+    assert heads == trainer_heads(slots=3)
     env = TamiyoEnv(5, n_slots=3, max_epochs=4)
     obs = env.reset()
     assert obs.shape == (5, env.obs_dim)

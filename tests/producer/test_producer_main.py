@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 import zmq
+from testkit.proc import ROOT, Proc
 
 from bus.aggregator import Aggregator
 from bus.contract import BatchCompleted, Envelope, PPOUpdate, TrainingFinished, TrainingStarted
@@ -22,8 +20,7 @@ from bus.feed import Gap
 from bus.security import client_keys
 from bus.subscribe import Subscriber, SubscriberConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-FIRST_LINE = re.compile(r"^tamiyo: publishing on (tcp://[0-9.]+:\d+) \(run (\S+)\)$")
+START_TIMEOUT_S = 60.0
 TINY = ["--n-envs", "4", "--rollout-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
 
 # What a client that knows only the documented contract (issue 2, docs/wire.md) expects to find.
@@ -81,69 +78,22 @@ DOCUMENTED_PPO_UPDATE = [
 HEADS = {"op", "slot", "blueprint", "style", "tempo", "alpha_target", "alpha_speed", "alpha_curve"}
 
 
-class Producer:
-    """A ``python -m producer`` child with stderr in a file, so nothing can block on a full pipe."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.stderr_path = tmp_path / "producer.stderr"
-        self._stderr = self.stderr_path.open("wb")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "producer", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            env=env,
-        )
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_for_stderr(self, pattern: str, timeout: float = 60.0) -> str:
-        """Poll the stderr file until ``pattern`` appears (or the process ends / time runs out)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.stderr()
-            if re.search(pattern, text, re.MULTILINE):
-                return text
-            if self.proc.poll() is not None:
-                break
-            self.proc_wait_briefly()
-        raise AssertionError(f"no {pattern!r} on stderr; rc={self.proc.poll()}; stderr:\n{self.stderr()}")
-
-    def proc_wait_briefly(self) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(0.05)
-
-    def endpoint_and_run(self) -> tuple[str, str]:
-        first = self.wait_for_stderr(r"^tamiyo: ").splitlines()[0]
-        match = FIRST_LINE.match(first)
-        assert match, first
-        return match.group(1), match.group(2)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._stderr.close()
-
-
 @pytest.fixture
-def producer(tmp_path: Path) -> Iterator[type[Producer]]:
-    started: list[Producer] = []
+def producer() -> Iterator[Callable[..., Proc]]:
+    """Start ``python -m producer ARGS`` children; killed at teardown."""
+    started: list[Proc] = []
 
-    class Tracked(Producer):
-        def __init__(self, *args: str) -> None:
-            super().__init__(tmp_path, *args)
-            started.append(self)
+    def start(*args: str) -> Proc:
+        started.append(Proc("producer", *args))
+        return started[-1]
 
-    yield Tracked
+    yield start
     for p in started:
-        p.close()
+        p.kill()
 
 
 def receive_until_finished(
-    sub: Subscriber, agg: Aggregator, proc: Producer, timeout: float = 120.0
+    sub: Subscriber, agg: Aggregator, proc: Proc, timeout: float = 120.0
 ) -> list[Envelope | Gap]:
     items: list[Envelope | Gap] = []
     deadline = time.monotonic() + timeout
@@ -154,17 +104,17 @@ def receive_until_finished(
             if isinstance(item, Envelope) and isinstance(item.event, TrainingFinished):
                 return items
     raise AssertionError(
-        f"no training_finished in {timeout}s; got {items}; rc={proc.proc.poll()}; stderr:\n{proc.stderr()}"
+        f"no training_finished in {timeout}s; got {items}; rc={proc.proc.poll()}\n{proc.describe()}"
     )
 
 
-def test_end_to_end_producer_to_aggregator(producer: type[Producer]) -> None:
+def test_end_to_end_producer_to_aggregator(producer: Callable[..., Proc]) -> None:
     proc = producer("--endpoint", "tcp://127.0.0.1:*", "--updates", "3", *TINY, "--wait-for-subscriber", "20")
-    endpoint, run_id = proc.endpoint_and_run()
+    endpoint, run_id = proc.banner(START_TIMEOUT_S)
     agg = Aggregator()
     with Subscriber(SubscriberConfig(endpoint=endpoint)) as sub:
         items = receive_until_finished(sub, agg, proc)
-    assert proc.proc.wait(30) == 0, proc.stderr()
+    assert proc.wait(30) == 0, proc.stderr_text()
     assert not [i for i in items if isinstance(i, Gap)]
     envelopes = [i for i in items if isinstance(i, Envelope)]
     assert {e.run_id for e in envelopes} == {run_id}
@@ -187,12 +137,12 @@ def test_end_to_end_producer_to_aggregator(producer: type[Producer]) -> None:
     assert state.run.started is not None and state.run.started.action_heads["op"] == 6
     assert state.tamiyo.train_steps == 3 and state.rollout.env_steps == 3 * 4 * 16
     assert state.delivery.gaps == 0
-    assert "Traceback" not in proc.stderr()
+    assert "Traceback" not in proc.stderr_text()
 
 
-def test_an_untyped_msgpack_client_reads_the_documented_contract(producer: type[Producer]) -> None:
+def test_an_untyped_msgpack_client_reads_the_documented_contract(producer: Callable[..., Proc]) -> None:
     proc = producer("--endpoint", "tcp://127.0.0.1:*", "--updates", "2", *TINY, "--wait-for-subscriber", "20")
-    endpoint, run_id = proc.endpoint_and_run()
+    endpoint, run_id = proc.banner(START_TIMEOUT_S)
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
@@ -214,7 +164,7 @@ def test_an_untyped_msgpack_client_reads_the_documented_contract(producer: type[
                 bodies.append(envelope)
     finally:
         sock.close(0)
-    assert proc.proc.wait(30) == 0
+    assert proc.wait(30) == 0
     seqs = [b["seq"] for b in bodies]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert all(b["run_id"] == run_id and b["schema"] == 1 and b["ts"] > 0 for b in bodies)
@@ -232,11 +182,11 @@ def test_an_untyped_msgpack_client_reads_the_documented_contract(producer: type[
     assert by_type["training_finished"][0]["reason"] == "done"
 
 
-def test_sigint_during_training_finishes_interrupted_and_exits_130(producer: type[Producer]) -> None:
+def test_sigint_during_training_finishes_interrupted_and_exits_130(producer: Callable[..., Proc]) -> None:
     proc = producer(
         "--endpoint", "tcp://127.0.0.1:*", "--updates", "100000", *TINY, "--wait-for-subscriber", "20"
     )
-    endpoint, _ = proc.endpoint_and_run()
+    endpoint, _ = proc.banner(START_TIMEOUT_S)
     agg = Aggregator()
     items: list[Envelope | Gap] = []
     with Subscriber(SubscriberConfig(endpoint=endpoint)) as sub:
@@ -244,24 +194,25 @@ def test_sigint_during_training_finishes_interrupted_and_exits_130(producer: typ
         while time.monotonic() < deadline and not agg.state.tamiyo.ppo_data_received:
             for item in sub.receive(0.2):
                 agg.apply(item)
-        assert agg.state.tamiyo.ppo_data_received, proc.stderr()
+        assert agg.state.tamiyo.ppo_data_received, proc.stderr_text()
         proc.proc.send_signal(signal.SIGINT)
         items = receive_until_finished(sub, agg, proc, timeout=30)
-    assert proc.proc.wait(30) == 130
+    assert proc.wait(30) == 130
     finished = items[-1]
     assert isinstance(finished, Envelope) and isinstance(finished.event, TrainingFinished)
     assert finished.event.reason == "interrupted" and finished.event.updates >= 1
-    stderr = proc.stderr()
+    stderr = proc.stderr_text()
     assert "Traceback" not in stderr and "tamiyo: interrupted after" in stderr
 
 
-def test_sigterm_without_telemetry_exits_143(producer: type[Producer]) -> None:
+def test_sigterm_without_telemetry_exits_143(producer: Callable[..., Proc]) -> None:
     proc = producer("--no-telemetry", "--updates", "100000", *TINY)
-    assert proc.wait_for_stderr(r"^tamiyo: telemetry off \(run ").startswith("tamiyo: telemetry off")
-    proc.wait_for_stderr(r"^update +1/100000 ")
+    proc.wait_for_line(r"^tamiyo: telemetry off \(run ", START_TIMEOUT_S)
+    assert proc.stderr[0].startswith("tamiyo: telemetry off")
+    proc.wait_for_line(r"^update +1/100000 ", START_TIMEOUT_S)
     proc.proc.send_signal(signal.SIGTERM)
-    assert proc.proc.wait(30) == 143
-    stderr = proc.stderr()
+    assert proc.wait(30) == 143
+    stderr = proc.stderr_text()
     assert "Traceback" not in stderr and "tamiyo: interrupted after" in stderr
 
 
@@ -324,7 +275,7 @@ def test_endpoint_in_use_exits_1_with_a_clear_message() -> None:
 
 
 def test_allow_remote_with_curve_keys_admits_only_authorized_consumers(
-    producer: type[Producer], tmp_path: Path
+    producer: Callable[..., Proc], tmp_path: Path
 ) -> None:
     keys = tmp_path / "keys"
     subprocess.run(
@@ -346,7 +297,7 @@ def test_allow_remote_with_curve_keys_admits_only_authorized_consumers(
         "--wait-for-subscriber",
         "20",
     )
-    endpoint, run_id = proc.endpoint_and_run()
+    endpoint, run_id = proc.banner(START_TIMEOUT_S)
     local = "tcp://127.0.0.1:" + endpoint.rsplit(":", 1)[1]  # traffic stays on loopback
     client = client_keys(keys / "clients" / "client")
     with (
@@ -355,6 +306,6 @@ def test_allow_remote_with_curve_keys_admits_only_authorized_consumers(
     ):
         items = receive_until_finished(sub, Aggregator(), proc)
         leaked = stranger.receive(0.2)
-    assert proc.proc.wait(30) == 0, proc.stderr()
+    assert proc.wait(30) == 0, proc.stderr_text()
     assert {i.run_id for i in items if isinstance(i, Envelope)} == {run_id}
     assert leaked == [] and stranger.stats.received == 0

@@ -16,14 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BANNER = re.compile(r"tamiyo: publishing on (\S+) \(run (\S+)\)")
+BANNER = re.compile(r"^tamiyo: publishing on (tcp://[0-9.]+:\d+) \(run (\S+)\)$")
 """The producer's first stderr line."""
+RUN_TIMEOUT_S = 120.0
+"""For a real producer's short run (torch import, training)."""
+AFTER_EXIT_S = 30.0
+"""Once a producer has exited, its last events are in flight for at most this long."""
 
 
-def free_port() -> int:
+def free_endpoint() -> str:
+    """A loopback endpoint on a port that was free a moment ago, for a producer and its consumer to share."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Proc:
@@ -36,6 +41,7 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            errors="replace",
             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})},
         )
         self.stdout: list[str] = []
@@ -70,20 +76,32 @@ class Proc:
             with contextlib.suppress(queue.Empty):
                 self._changed.get(timeout=min(left, 0.2))
 
+    def wait_for_line(self, pattern: str, timeout: float) -> str:
+        """Block until a stderr line matches ``pattern`` (``re.search``); that line."""
+        regex = re.compile(pattern)
+
+        def matching() -> list[str]:
+            return [text for text in self.stderr if regex.search(text)]
+
+        self.wait_for(lambda: bool(matching()), timeout, f"a stderr line matching {pattern!r}")
+        return matching()[0]
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the child has exited and all its output is collected."""
+        rc = self.proc.wait(timeout)
+        for pump in self._pumps:
+            pump.join(10)
+        return rc
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
-        for pump in self._pumps:  # the rest of the output
-            pump.join(10)
-        return rc
+        return self.wait(timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(30)
-        for pump in self._pumps:
-            pump.join(10)
+        self.wait(30)
 
     def banner(self, timeout: float) -> tuple[str, str]:
         """A producer's endpoint and run id, from its first stderr line."""
@@ -92,7 +110,25 @@ class Proc:
         assert m, f"unexpected first line {self.stderr[0]!r}"
         return m.group(1), m.group(2)
 
+    def stderr_text(self) -> str:
+        return "\n".join(self.stderr)
+
     def describe(self) -> str:
         out = "\n".join(self.stdout[-40:])
         err = "\n".join(self.stderr[-40:])
         return f"--- stdout ---\n{out}\n--- stderr ---\n{err}"
+
+
+def real_producer(endpoint: str, updates: int) -> Proc:
+    """A real run: ``python -m producer --endpoint E --updates N --n-envs 4 --wait-for-subscriber 20``."""
+    return Proc(
+        "producer",
+        "--endpoint",
+        endpoint,
+        "--updates",
+        str(updates),
+        "--n-envs",
+        "4",
+        "--wait-for-subscriber",
+        "20",
+    )

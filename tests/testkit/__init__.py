@@ -1,0 +1,1 @@
+"""Helpers shared by the test folders: synthetic contract events and child processes with deadlines."""
