@@ -3,6 +3,11 @@
 Evolution rules (see docs/wire.md): a new field is added only with a default;
 renaming, removing or retyping a field bumps ``SCHEMA_VERSION``. Decoders skip
 fields they do not know, and consumers skip event types they do not know.
+
+Every Struct here is ``gc=False``: it holds only numbers, strings and lists or dicts of
+them, so it can never be part of a reference cycle, and the garbage collector need not
+track the tens of thousands a consumer decodes each second (tracked, they set off
+collections that walk the whole heap of a Textual app several times a second).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ lowercase ASCII letter, so this takes in event types added after the consumer wa
 (their seqs then count as skipped, not as gaps) and never another consumer's replay."""
 
 
-class TrainingStarted(msgspec.Struct, tag="training_started", kw_only=True):
+class TrainingStarted(msgspec.Struct, tag="training_started", kw_only=True, gc=False):
     """Static session metadata, sent once when the trainer starts (and replayed to late joiners)."""
 
     n_envs: int
@@ -57,7 +62,7 @@ class TrainingStarted(msgspec.Struct, tag="training_started", kw_only=True):
     hostname: str = ""
 
 
-class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True):
+class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     """One PPO update: losses, policy-change statistics and gradient health."""
 
     update: int
@@ -89,7 +94,7 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True):
     update_time_ms: float
 
 
-class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True):
+class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):
     """One rollout (batch of env steps) collected; returns of the episodes that ended in it."""
 
     update: int
@@ -103,7 +108,7 @@ class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True):
     return_max: float | None = None
 
 
-class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True):
+class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     """Sent every ``period_s`` by the publisher's own thread, also while the trainer is busy."""
 
     period_s: float
@@ -115,7 +120,7 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True):
     sent: int
 
 
-class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True):
+class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):
     """The last event of a run: why it ended."""
 
     reason: str
@@ -143,7 +148,7 @@ FINISH_REASONS = ("done", "interrupted", "crashed")
 PHASES = ("starting", "compiling", "rollout", "update", "finished")
 
 
-class Envelope(msgspec.Struct, kw_only=True):
+class Envelope(msgspec.Struct, kw_only=True, gc=False):
     """What every message body is: a MessagePack map with one event inside."""
 
     schema: int
@@ -153,7 +158,7 @@ class Envelope(msgspec.Struct, kw_only=True):
     event: Event
 
 
-class ReplayEnd(msgspec.Struct, kw_only=True):
+class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
     """Body of the last frame of a replay burst: which run it was and the newest seq sent so far."""
 
     replay_end: bool

@@ -99,30 +99,47 @@ class Feed:
 
     def on_live(self, env: Entry, now: float) -> list[Item]:
         """A message that came on a live topic."""
+        out: list[Item] = []
+        self.push_live(out, env, now)
+        return out
+
+    def push_live(self, out: list[Item], env: Entry, now: float) -> None:
+        """``on_live``, appending what it delivers to ``out`` (the subscriber's per-message path)."""
         if env.run_id in self._left:
             self.stats.stale += 1  # still in flight from a producer that has been replaced
-            return []
+            return
+        last = self.last_seq
+        if (
+            not self.syncing
+            and last is not None
+            and env.seq == last + 1
+            and env.run_id == self.run_id
+            and isinstance(env, Envelope)
+        ):
+            # The common case, as the general path below would take it: the next message of this run.
+            self.last_seq = env.seq
+            self.stats.delivered += 1
+            out.append(env)
+            return
         if self.syncing:
             self._hold(env, now)
-            return []
+            return
         if env.run_id != self.run_id:
             self._begin_sync(now, fresh_token=True)
             self._hold(env, now)
-            return []
+            return
         assert self.last_seq is not None
         if env.seq <= self.last_seq:
             self.stats.duplicates += 1
-            return []
+            return
         if env.seq > self.last_seq + 1 and now - self._last_resync_at >= self.resync_interval:
             # A hole: ask for a fresh replay; what the publisher still caches fills it.
             self._last_resync_at = now
             self.stats.resyncs += 1
             self._begin_sync(now, fresh_token=True)
             self._hold(env, now)
-            return []
-        out: list[Item] = []
+            return
         self._deliver_in_order(out, env, now)
-        return out
 
     def on_replay(self, token: str, env: Entry, now: float) -> list[Item]:
         """A message replayed on the topic of ``token``."""

@@ -10,6 +10,7 @@ also while the trainer is stuck in a long ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -85,6 +86,15 @@ class PublisherConfig:
     curve_secret_key: bytes | None = None
     curve_public_key: bytes | None = None
     curve_authorized_dir: str | None = None
+
+
+_SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # as plain ints: or-ing the enum costs µs per event
+_SEND_LAST = int(zmq.NOBLOCK)
+
+
+@functools.lru_cache(maxsize=64)
+def _topic_bytes(topic: str) -> bytes:
+    return topic.encode()
 
 
 class BusPublisher:
@@ -283,7 +293,9 @@ class BusPublisher:
             )
             return
         try:
-            sock.send_multipart((topic.encode(), body), zmq.NOBLOCK, copy=False)
+            # Two sends, as send_multipart does them, minus its per-call checks (a few µs an event).
+            sock.send(_topic_bytes(topic), _SEND_MORE)
+            sock.send(body, _SEND_LAST)
             self.stats.sent += 1
         except zmq.Again:
             self.stats.dropped_send += 1

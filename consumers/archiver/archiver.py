@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bus.aggregator import Aggregator
 from bus.contract import Envelope
 from bus.feed import Gap, Item
 from consumers.archiver.run import RunArchive
@@ -38,7 +37,6 @@ class Archiver:
         self.fsync = fsync
         self.report = report
         self.wall_clock = wall_clock
-        self.aggregator = Aggregator()
         self.run: RunArchive | None = None
         self.runs_seen = 0
         self._last_flush = time.monotonic()
@@ -46,18 +44,16 @@ class Archiver:
     def handle(self, items: list[Item], now: float) -> None:
         """Archive a batch of ordered items received at ``now`` (monotonic)."""
         wall = self.wall_clock()
+        run = self.run
         for item in items:
-            if isinstance(item, Gap):
-                if self.run is not None and item.run_id == self.run.run_id:
-                    self.run.on_gap(item, wall)
-                self.aggregator.apply(item, now)
+            if type(item) is Gap:
+                if run is not None and item.run_id == run.run_id:
+                    run.on_gap(item, wall)
                 continue
-            if self.run is None or item.run_id != self.run.run_id:
-                self._switch(item)
-            assert self.run is not None
-            self.run.on_envelope(item, wall)
-            self.aggregator.apply(item, now)
-        if self.run is not None and self.run.buffered_bytes >= MAX_BUFFERED_BYTES:
+            if run is None or item.run_id != run.run_id:
+                run = self._switch(item)  # type: ignore[arg-type]
+            run.on_envelope(item, wall)  # type: ignore[arg-type]
+        if run is not None and run.buffered_bytes >= MAX_BUFFERED_BYTES:
             self.flush(now)
 
     def tick(self, now: float) -> None:
@@ -73,23 +69,21 @@ class Archiver:
         """Flush and close the current run, reporting its summary."""
         return self._close_run()
 
-    def _switch(self, env: Envelope) -> None:
+    def _switch(self, env: Envelope) -> RunArchive:
         self._close_run()
-        self.run = RunArchive(self.out, env.run_id, fsync=self.fsync)
+        run = self.run = RunArchive(self.out, env.run_id, fsync=self.fsync)
         self.runs_seen += 1
-        log.info(
-            "%s run %s in %s", "resuming" if self.run.resumed else "recording", env.run_id, self.run.directory
-        )
+        log.info("%s run %s in %s", "resuming" if run.resumed else "recording", env.run_id, run.directory)
+        return run
 
     def _close_run(self) -> bool:
         run = self.run
         if run is None:
             return True
         ok = run.close()
-        state = self.aggregator.state
         line = run.summary()
-        if state.run.run_id == run.run_id and state.run.finished:
-            line += f"; training finished ({state.run.finish_reason})"
+        if run.finished:
+            line += f"; training finished ({run.finish_reason})"
         self.report(f"archiver: {line}")
         self.run = None
         return ok

@@ -125,6 +125,12 @@ class CsvFile:
         self._add(self._format(row))
         self.pending_rows += 1
 
+    def append_line(self, line: bytes) -> None:
+        """Buffer one row already encoded as a whole CSV line (``flatten.encode_row``)."""
+        self._lines.append(line)
+        self._buffered += len(line)
+        self.pending_rows += 1
+
     def _format(self, row: Sequence[Any]) -> bytes:
         self._text.seek(0)
         self._text.truncate()

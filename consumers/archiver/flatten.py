@@ -12,6 +12,7 @@ record is exactly one line of the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -21,6 +22,13 @@ Columns = tuple[str, ...]
 LEADING: Columns = ("seq", "ts")
 
 _PLAIN, _MAP, _TEXT, _OTHER = range(4)
+
+_SCALARS = (
+    msgspec.inspect.IntType,
+    msgspec.inspect.FloatType,
+    msgspec.inspect.BoolType,
+    msgspec.inspect.NoneType,
+)
 
 
 def map_column(field: str, key: str) -> str:
@@ -63,6 +71,24 @@ class _Layout:
             else:
                 self.segments.append((k, i, i + 1))
         self._columns: dict[tuple[tuple[str, ...], ...], Columns] = {}
+        self._last: tuple[tuple[tuple[str, ...], ...], Columns] | None = None
+        if self.numeric:
+            self.row = self._compiled_row()  # type: ignore[method-assign]
+
+    def _compiled_row(self) -> Callable[[int, float, tuple[Any, ...]], list[Any]]:
+        """``row`` for a layout of numbers and maps of numbers, as one list display.
+
+        E.g. ``lambda seq, ts, v: [seq, ts, *v[0:23], *v[23].values(), *v[24].values(), *v[25:27]]``:
+        a third faster than the general loop, and this runs for nearly every row.
+        """
+        parts = ["seq", "ts"]
+        for kind, start, stop in self.segments:
+            if kind == _PLAIN:
+                parts.append(f"*v[{start}:{stop}]")
+            else:  # a numeric layout holds only plain fields and maps
+                assert kind == _MAP
+                parts.append(f"*v[{start}].values()")
+        return eval(f"lambda seq, ts, v: [{', '.join(parts)}]")  # built from field positions only
 
     @staticmethod
     def _kind(t: msgspec.inspect.Type) -> int:
@@ -70,8 +96,10 @@ class _Layout:
             return _MAP
         if isinstance(t, msgspec.inspect.StrType):
             return _TEXT
-        if isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType, msgspec.inspect.BoolType)):
-            return _PLAIN
+        if isinstance(t, _SCALARS) or (
+            isinstance(t, msgspec.inspect.UnionType) and all(isinstance(u, _SCALARS) for u in t.types)
+        ):
+            return _PLAIN  # numbers, bools and None: the csv module writes them as they are
         return _OTHER
 
     @staticmethod
@@ -84,12 +112,22 @@ class _Layout:
         return isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType, msgspec.inspect.NoneType))
 
     def columns(self, values: tuple[Any, ...]) -> Columns:
-        shape = tuple(tuple(values[i]) for i in self.map_positions)
+        positions = self.map_positions
+        if not positions:
+            shape: tuple[tuple[str, ...], ...] = ()
+        elif len(positions) == 2:  # ppo_update's two per-head maps: this runs for every row
+            shape = (tuple(values[positions[0]]), tuple(values[positions[1]]))
+        else:
+            shape = tuple([tuple(values[i]) for i in positions])
+        last = self._last
+        if last is not None and shape == last[0]:  # as the row before: no hashing the keys again
+            return last[1]
         cols = self._columns.get(shape)
         if cols is None:
             if len(self._columns) > 64:  # bounded, even for a producer that renames heads every update
                 self._columns.clear()
             cols = self._columns[shape] = self._build(shape)
+        self._last = (shape, cols)
         return cols
 
     def _build(self, shape: tuple[tuple[str, ...], ...]) -> Columns:
@@ -104,13 +142,12 @@ class _Layout:
 
     def row(self, seq: int, ts: float, values: tuple[Any, ...]) -> list[Any]:
         row: list[Any] = [seq, ts]
+        extend = row.extend
         for kind, start, stop in self.segments:
             if kind == _PLAIN:
-                row.extend(values[start:stop])
+                extend(values[start:stop])
             elif kind == _MAP:
-                row.extend(
-                    values[start].values() if self.numeric else map(_other_cell, values[start].values())
-                )
+                extend(values[start].values() if self.numeric else map(_other_cell, values[start].values()))
             elif kind == _TEXT:
                 row.append(escape_text(values[start]))
             else:
@@ -120,11 +157,37 @@ class _Layout:
 
 _layouts: dict[type, _Layout] = {}
 
+_numbers = msgspec.json.Encoder()
+_astuple = msgspec.structs.astuple
+
+
+def _layout(kind: type) -> _Layout:
+    layout = _layouts.get(kind)
+    if layout is None:
+        layout = _layouts[kind] = _Layout(kind)
+    return layout
+
 
 def flatten(seq: int, ts: float, event: msgspec.Struct) -> tuple[Columns, list[Any], bool]:
     """The row's column names, its values in the same order, and whether every value is a number or None."""
-    layout = _layouts.get(type(event))
-    if layout is None:
-        layout = _layouts[type(event)] = _Layout(type(event))
-    values = msgspec.structs.astuple(event)
+    layout = _layout(type(event))
+    values = _astuple(event)
     return layout.columns(values), layout.row(seq, ts, values), layout.numeric
+
+
+def encode_row(seq: int, ts: float, event: msgspec.Struct) -> tuple[Columns, bytes | list[Any]]:
+    """The row's columns and its CSV line, or its values where the csv module must write them.
+
+    A row of numbers only is encoded by msgspec's JSON encoder: its numbers are valid CSV
+    cells (the shortest text that reads back to the same float), ten times faster than
+    ``repr``. None, NaN and infinity all encode as ``null``; such a row comes back as values,
+    for the csv module to tell them apart (empty, ``nan``, ``inf``).
+    """
+    layout = _layout(type(event))
+    values = _astuple(event)
+    row = layout.row(seq, ts, values)
+    if layout.numeric:
+        line = _numbers.encode(row)
+        if b"n" not in line:  # numbers never hold an "n": only null does (one byte is a memchr, 20x faster)
+            return layout.columns(values), line[1:-1] + b"\n"
+    return layout.columns(values), row

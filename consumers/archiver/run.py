@@ -11,9 +11,8 @@ from pathlib import Path
 
 import msgspec
 
-from bus.contract import TOPICS, Envelope, TrainingStarted, topic_of
+from bus.contract import TOPICS, Envelope, TrainingFinished, TrainingStarted, topic_of
 from bus.feed import Gap
-from consumers.archiver.flatten import flatten
 from consumers.archiver.table import Table, existing_parts
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,10 @@ class RunArchive:
                 if table.max_seq is not None:
                     self.held_through = max(self.held_through, table.max_seq)
         self._synced_paths: tuple[Path | None, ...] = ()
+        self._sinks: dict[type, tuple[str, Table]] = {}
+        self.finished = False
+        self.finish_reason = ""
+        """Whether training_finished has arrived, and its reason."""
         if self.resumed:
             log.info("resuming %s: rows up to seq %d are on disk", self.directory, self.held_through)
 
@@ -93,29 +96,40 @@ class RunArchive:
     def on_envelope(self, env: Envelope, detected_at: float) -> bool:
         """Archive one envelope of this run; False when it is already on disk."""
         event = env.event
-        if isinstance(event, TrainingStarted):
-            if self._started_seq is not None and env.seq <= self._started_seq:
+        seq = env.seq
+        kind = type(event)
+        if kind is TrainingStarted:
+            if self._started_seq is not None and seq <= self._started_seq:
                 self.stats.duplicates += 1
                 return False
-            self._write_run_json(env, event)
-            self._started_seq = env.seq
+            self._write_run_json(env, event)  # type: ignore[arg-type]
+            self._started_seq = seq
             name = "training_started"
         else:
-            name = topic_of(event)
-            table = self._table(name)
-            if not table.is_new(env.seq):
+            sink = self._sinks.get(kind)
+            if sink is None:
+                name = topic_of(event)
+                sink = self._sinks[kind] = (name, self._table(name))
+            name, table = sink
+            if kind is TrainingFinished:
+                self.finished = True  # whether this row is new or already on disk
+                self.finish_reason = event.reason  # type: ignore[attr-defined]
+            max_seq = table.max_seq
+            if max_seq is not None and seq <= max_seq:  # Table.is_new, inline: this runs for every event
                 self.stats.duplicates += 1
                 return False
-            columns, row, numeric = flatten(env.seq, env.ts, event)
-            table.append(columns, row, env.seq, numeric)
-        if env.seq > self.held_through + 1:
-            self._record_gap(self.held_through + 1, env.seq - 1, detected_at, UNSEEN)
-        self.held_through = max(self.held_through, env.seq)
+            table.append_event(seq, env.ts, event)
+        held = self.held_through
+        if seq > held:
+            if seq > held + 1:
+                self._record_gap(held + 1, seq - 1, detected_at, UNSEEN)
+            self.held_through = seq
         stats = self.stats
-        stats.rows[name] = stats.rows.get(name, 0) + 1
+        rows = stats.rows
+        rows[name] = rows.get(name, 0) + 1
         if stats.first_seq is None:
-            stats.first_seq = env.seq
-        stats.last_seq = env.seq
+            stats.first_seq = seq
+        stats.last_seq = seq
         return True
 
     def on_gap(self, gap: Gap, detected_at: float) -> None:

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from consumers.archiver.csvfile import CsvFile
+from consumers.archiver.flatten import encode_row, flatten
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,22 @@ class Table:
         f.append(row if order is None else [row[i] for i in order], numeric)
         if seq is not None:
             self.max_seq = seq
+
+    def append_event(self, seq: int, ts: float, event: msgspec.Struct) -> None:
+        """Buffer ``event`` as the row of ``seq`` (call ``is_new`` first)."""
+        columns, line = encode_row(seq, ts, event)
+        f = self._file
+        if f is not None and type(line) is bytes:
+            header = f.header
+            if columns is header or columns == header:
+                f.append_line(line)
+                self.max_seq = seq
+                return
+        if type(line) is bytes:  # a new file, or the file's columns in another order
+            columns, row, numeric = flatten(seq, ts, event)
+            self.append(columns, row, seq, numeric)
+        else:
+            self.append(columns, line, seq)
 
     def _reorder(self, f: CsvFile, columns: tuple[str, ...]) -> list[int] | None:
         """Indices that put ``columns`` into the file's order, or None when the sets differ."""

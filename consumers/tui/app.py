@@ -97,6 +97,7 @@ class TamiyoApp(App[None]):
         self._handle_signals = handle_signals
         self._generation = 0
         self._started_at = clock()
+        self._panels: list[Panel] | None = None
         if light:
             self.theme = "textual-light"
 
@@ -217,7 +218,9 @@ class TamiyoApp(App[None]):
         view = self.view()
         screen = self.main_screen
         screen.set_class(not view.snapshot.run.run_id, "waiting")
-        for panel in screen.query(Panel):
+        if self._panels is None:
+            self._panels = list(screen.query(Panel))  # composed once: the DOM is not queried every frame
+        for panel in self._panels:
             panel.show(view)  # hidden ones too: cheap, and they are current the moment they show
         self.frames += 1
 

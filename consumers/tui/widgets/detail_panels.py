@@ -6,8 +6,8 @@ from textual.content import Content
 
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
-from consumers.tui.widgets.panel import Panel
-from consumers.tui.widgets.render import chart, fmt, pack, spark, styled
+from consumers.tui.widgets.panel import Lines, Panel
+from consumers.tui.widgets.render import chart, fmt, pack_lines, spark, styled
 
 
 def _kv(key: str, value: str, p_dim: str, style: str = "") -> Content:
@@ -24,13 +24,13 @@ def _duration(seconds: float) -> str:
 class RolloutPanel(Panel):
     """Episode returns as a chart as tall as the panel allows, then throughput with its sparkline."""
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Content | Lines:
         r = view.snapshot.rollout
         t = view.snapshot.tamiyo
         p = view.palette
         if not r.batches:
             return styled("waiting for the first batch_completed", p.dim)
-        fps = pack(
+        fps = pack_lines(
             [
                 _kv("fps", fmt(r.fps), p.dim),
                 _kv("step", f"{fmt(r.step_time_ms)} ms", p.dim),
@@ -39,11 +39,11 @@ class RolloutPanel(Panel):
             ],
             width,
         )
-        fps_lines = [fps, styled(spark(r.fps_history, width), p.accent)]
+        fps_lines = [*fps, styled(spark(r.fps_history, width), p.accent)]
         if r.return_mean is None:
             head = styled(f"no episode has ended yet ({r.episodes_completed} episodes)", p.dim)
-            return Content("\n").join([head, *fps_lines])
-        stats = pack(
+            return [head, *fps_lines]
+        stats = pack_lines(
             [
                 _kv("return", fmt(r.return_mean), p.dim),
                 _kv("min", fmt(r.return_min if r.return_min is not None else r.return_mean), p.dim),
@@ -52,7 +52,7 @@ class RolloutPanel(Panel):
             ],
             width,
         )
-        used = _lines(stats) + _lines(fps)
+        used = len(stats) + len(fps)
         rows = max(1, height - used - 1)
         label_w = max(len(fmt(v)) for v in r.return_history) + 1
         history = list(r.return_history)[-(width - label_w) :]
@@ -62,17 +62,13 @@ class RolloutPanel(Panel):
         for i, line in enumerate(plot):
             label = hi if i == 0 else (lo if i == len(plot) - 1 else "")
             labelled.append(Content.assemble((f"{label:>{label_w - 1}} ", p.dim), (line, p.accent)))
-        return Content("\n").join([stats, *labelled, *fps_lines])
-
-
-def _lines(content: Content) -> int:
-    return content.plain.count("\n") + 1
+        return [*stats, *labelled, *fps_lines]
 
 
 class DeliveryPanel(Panel):
     """What the bus delivered to this consumer: events, seq gaps and their ranges, duplicates, refusals."""
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Content | Lines:
         d = view.snapshot.delivery
         p = view.palette
         gap_style = p.of(Level.FAIL) if d.missed else ""
@@ -99,16 +95,16 @@ class DeliveryPanel(Panel):
             _kv("heartbeat", f"every {d.heartbeat_period_s:g}s", p.dim),
             _kv("runs seen", str(view.snapshot.runs_seen), p.dim),
         ]
-        content = pack(pieces, width, sep="   ")
+        lines = pack_lines(pieces, width, sep="   ")
         if view.bus_warning:
-            content += "\n" + Content.assemble(("last warning ", p.dim), (view.bus_warning, p.warn))
-        return content
+            lines.append(Content.assemble(("last warning ", p.dim), (view.bus_warning, p.warn)))
+        return lines
 
 
 class ConfigPanel(Panel):
     """The run's configuration as training_started announced it."""
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Content | Lines:
         started = view.snapshot.run.started
         p = view.palette
         if started is None:
@@ -135,4 +131,4 @@ class ConfigPanel(Panel):
             _kv("torch", started.torch_version or "?", p.dim),
             _kv("host", started.hostname or "?", p.dim),
         ]
-        return pack(pieces, width, sep="   ")
+        return pack_lines(pieces, width, sep="   ")

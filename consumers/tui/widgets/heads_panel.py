@@ -11,8 +11,8 @@ from consumers.tui.derive import head_entropy_fraction, head_sizes
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.palette import Palette
-from consumers.tui.widgets.panel import Panel
-from consumers.tui.widgets.render import bar, fmt, pack, pct, styled
+from consumers.tui.widgets.panel import Lines, Panel
+from consumers.tui.widgets.render import bar, fmt, pack_lines, pct, styled
 
 GLYPHS = {Level.NONE: "·", Level.OK: "✓", Level.WARN: "!", Level.FAIL: "✗"}
 CV_WORDS = {Level.OK: "stable", Level.WARN: "warn", Level.FAIL: "BAD"}
@@ -58,7 +58,7 @@ def flow_footer(view: View) -> list[Content]:
 class HeadsPanel(Panel):
     """One row per action head (sizes from training_started), then the flow footer."""
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Content | Lines:
         s = view.snapshot
         p = view.palette
         sizes = head_sizes(s)
@@ -89,10 +89,10 @@ class HeadsPanel(Panel):
             )
         lines.append(styled("─" * max(1, width), p.dim))
         if s.tamiyo.ppo_data_received:
-            lines.append(pack(flow_footer(view), width, sep="   "))
+            lines.extend(pack_lines(flow_footer(view), width, sep="   "))
         else:
             lines.append(styled("Flow: waiting for the first ppo_update", p.dim))
-        return Content("\n").join(lines)
+        return lines
 
 
 def _row(

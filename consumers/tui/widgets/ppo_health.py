@@ -12,7 +12,7 @@ from consumers.tui import thresholds as th
 from consumers.tui.derive import entropy_fraction
 from consumers.tui.thresholds import Band, Level
 from consumers.tui.view import View
-from consumers.tui.widgets.panel import Panel
+from consumers.tui.widgets.panel import Lines, Panel
 from consumers.tui.widgets.render import bar, fmt, pct, spark, styled
 
 WIDE_FROM = 64
@@ -80,7 +80,7 @@ def rows(view: View, wide: bool) -> list[Row]:
 class PPOHealthPanel(Panel):
     """Each gauge: label, value coloured by its band, note, gauge bar when wide, sparkline, glyph."""
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Content | Lines:
         p = view.palette
         if not view.snapshot.tamiyo.ppo_data_received:
             return styled("waiting for the first ppo_update", p.dim)
@@ -110,7 +110,7 @@ class PPOHealthPanel(Panel):
                 (GLYPHS[r.level], style),
             ]
             lines.append(Content.assemble(*parts))
-        return Content("\n").join(lines)
+        return lines
 
     @staticmethod
     def _gauge(r: Row) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -45,6 +46,7 @@ def bar(fraction: float, width: int) -> str:
     return text.ljust(width)
 
 
+@functools.lru_cache(maxsize=4096)  # a frame formats every sample of the returns history to size its labels
 def fmt(x: float, digits: int = 3) -> str:
     """A compact number: 3 significant digits, scientific below 1e-3 and above 1e5."""
     if not math.isfinite(x):
@@ -64,18 +66,29 @@ def pct(x: float) -> str:
 
 def pack(pieces: Iterable[Content], width: int, sep: str = "  ") -> Content:
     """Join pieces with ``sep``, starting a new line rather than splitting a piece across lines."""
+    return Content("\n").join(pack_lines(pieces, width, sep))
+
+
+def pack_lines(pieces: Iterable[Content], width: int, sep: str = "  ") -> list[Content]:
+    """``pack``, as its lines."""
     lines: list[Content] = []
     line = Content("")
+    used = 0
+    gap = len(sep)
     for piece in pieces:
         if not piece.plain:
             continue
-        if line.cell_length and line.cell_length + len(sep) + piece.cell_length > width:
+        cells = piece.cell_length
+        if used and used + gap + cells > width:
             lines.append(line)
-            line = Content("")
-        line = line + sep + piece if line.cell_length else piece
-    if line.cell_length or not lines:
+            line, used = Content(""), 0
+        if used:
+            line, used = line + sep + piece, used + gap + cells
+        else:
+            line, used = piece, cells
+    if used or not lines:
         lines.append(line)
-    return Content("\n").join(lines)
+    return lines
 
 
 def styled(text: str, style: str = "") -> Content:

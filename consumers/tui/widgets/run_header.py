@@ -8,8 +8,8 @@ from bus.liveness import FINISHED, LIVE, SLOW, STALE, WAITING
 from consumers.tui.derive import return_trend
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
-from consumers.tui.widgets.panel import Panel
-from consumers.tui.widgets.render import fmt, pack, spark, styled
+from consumers.tui.widgets.panel import Lines, Panel
+from consumers.tui.widgets.render import fmt, pack_lines, spark, styled
 
 TREND_SPARK_WIDTH = 12
 RUN_ID_MAX = 32
@@ -33,7 +33,7 @@ def connection_piece(view: View) -> Content:
 class RunHeader(Panel):
     """Two lines at 80 columns, one at 160: run id, task, seed, device, update n/N, fps, returns, link."""
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Lines:
         s = view.snapshot
         p = view.palette
         started = s.run.started
@@ -57,7 +57,7 @@ class RunHeader(Panel):
         pieces.append(styled(f"{missed} dropped", p.of(Level.FAIL) if missed else p.dim))
         if view.paused:
             pieces.append(styled("⏸ PAUSED", f"reverse {p.warn}"))
-        return pack(pieces, width)
+        return pack_lines(pieces, width)
 
     def _returns(self, view: View) -> Content:
         r = view.snapshot.rollout

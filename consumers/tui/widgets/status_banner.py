@@ -8,8 +8,8 @@ from bus.liveness import SLOW, STALE, WAITING
 from consumers.tui import thresholds as th
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
-from consumers.tui.widgets.panel import Panel
-from consumers.tui.widgets.render import fmt, pack, pct, styled
+from consumers.tui.widgets.panel import Lines, Panel
+from consumers.tui.widgets.render import fmt, pack_lines, pct, styled
 
 STATUS_CLASSES = {
     Level.NONE: "status-none",
@@ -38,16 +38,23 @@ def memory_piece(view: View) -> Content:
 class StatusBanner(Panel):
     """Border title TAMIYO [compiled] / TAMIYO; one line of verdict, key numbers and memory."""
 
+    _compiled: bool | None = None
+
     def show(self, view: View) -> None:
         level = view.status.level
         if view.connection == STALE:
             level = Level.FAIL
-        for lvl, cls in STATUS_CLASSES.items():
-            self.set_class(lvl == level, cls)
-        self.border_title = border_title(view.snapshot.tamiyo.infrastructure.compile_enabled)
+        wanted = STATUS_CLASSES[level]
+        if not self.has_class(wanted):  # one restyle, not one per class added or removed
+            self.remove_class(*STATUS_CLASSES.values(), update=False)
+            self.add_class(wanted)
+        compiled = view.snapshot.tamiyo.infrastructure.compile_enabled
+        if compiled is not self._compiled:  # setting the title repaints the whole banner: only on a change
+            self._compiled = compiled
+            self.border_title = border_title(compiled)
         super().show(view)
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Lines:
         p = view.palette
         s = view.snapshot
         t = s.tamiyo
@@ -67,4 +74,4 @@ class StatusBanner(Panel):
             pieces.append(Content.assemble(("EV ", p.dim), fmt(t.explained_variance)))
             pieces.append(Content.assemble(("lr ", p.dim), fmt(t.lr)))
         pieces.append(memory_piece(view))
-        return pack(pieces, width, sep="   ")
+        return pack_lines(pieces, width, sep="   ")

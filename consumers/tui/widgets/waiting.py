@@ -5,14 +5,14 @@ from __future__ import annotations
 from textual.content import Content
 
 from consumers.tui.view import View
-from consumers.tui.widgets.panel import Panel
+from consumers.tui.widgets.panel import Lines, Panel
 from consumers.tui.widgets.render import styled
 
 
 class WaitingPanel(Panel):
     """Says where the dashboard is listening, for how long, and how to start or reach a producer."""
 
-    def draw(self, view: View, width: int, height: int) -> Content:
+    def draw(self, view: View, width: int, height: int) -> Lines:
         p = view.palette
         port = _port(view.endpoint)
         lines = [
@@ -27,7 +27,7 @@ class WaitingPanel(Panel):
                 "The dashboard attaches by itself when the producer starts; ? for help, q to quit.", p.dim
             ),
         ]
-        return Content("\n").join(lines)
+        return lines
 
 
 def _link_line(view: View) -> Content:
