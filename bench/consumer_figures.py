@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench.events import batch_completed, heartbeat, mixed_envelopes, ppo_update
+from bench.events import HEADS, batch_completed, heartbeat, mixed_envelopes, ppo_update
 from bench.report import Figure, at_least, at_most
 from bus.contract import SCHEMA_VERSION, Envelope, Event, TrainingFinished, TrainingStarted, topic_of
 from bus.publish import BusPublisher, PublisherConfig
@@ -38,16 +38,7 @@ STARTED = TrainingStarted(
     policy_device="cpu",
     env_devices=["cpu"],
     reward_mode="shaped",
-    action_heads={
-        "op": 6,
-        "slot": 3,
-        "blueprint": 13,
-        "style": 4,
-        "tempo": 3,
-        "alpha_target": 3,
-        "alpha_speed": 4,
-        "alpha_curve": 5,
-    },
+    action_heads=dict(HEADS),
     total_updates=100_000,
 )
 
