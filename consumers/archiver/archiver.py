@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bus.aggregator import Aggregator
 from bus.contract import Envelope
 from bus.feed import Gap, Item
 from consumers.archiver.run import RunArchive
@@ -37,6 +38,7 @@ class Archiver:
         self.fsync = fsync
         self.report = report
         self.wall_clock = wall_clock
+        self.aggregator = Aggregator()
         self.run: RunArchive | None = None
         self.runs_seen = 0
         self._last_flush = time.monotonic()
@@ -45,14 +47,17 @@ class Archiver:
         """Archive a batch of ordered items received at ``now`` (monotonic)."""
         wall = self.wall_clock()
         run = self.run
+        fold = self.aggregator.apply
         for item in items:
             if type(item) is Gap:
                 if run is not None and item.run_id == run.run_id:
                     run.on_gap(item, wall)
+                fold(item, now)
                 continue
             if run is None or item.run_id != run.run_id:
-                run = self._switch(item)  # type: ignore[arg-type]
+                run = self._switch(item)  # type: ignore[arg-type]  (its summary reads the fold so far)
             run.on_envelope(item, wall)  # type: ignore[arg-type]
+            fold(item, now)
         if run is not None and run.buffered_bytes >= MAX_BUFFERED_BYTES:
             self.flush(now)
 
@@ -81,9 +86,10 @@ class Archiver:
         if run is None:
             return True
         ok = run.close()
+        state = self.aggregator.state
         line = run.summary()
-        if run.finished:
-            line += f"; training finished ({run.finish_reason})"
+        if state.run.run_id == run.run_id and state.run.finished:
+            line += f"; training finished ({state.run.finish_reason})"
         self.report(f"archiver: {line}")
         self.run = None
         return ok

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from bus.contract import TOPICS, Envelope, TrainingFinished, TrainingStarted, topic_of
+from bus.contract import TOPICS, Envelope, TrainingStarted, topic_of
 from bus.feed import Gap
 from consumers.archiver.table import Table, existing_parts
 
@@ -70,9 +70,6 @@ class RunArchive:
                     self.held_through = max(self.held_through, table.max_seq)
         self._synced_paths: tuple[Path | None, ...] = ()
         self._sinks: dict[type, tuple[str, Table]] = {}
-        self.finished = False
-        self.finish_reason = ""
-        """Whether training_finished has arrived, and its reason."""
         if self.resumed:
             log.info("resuming %s: rows up to seq %d are on disk", self.directory, self.held_through)
 
@@ -111,9 +108,6 @@ class RunArchive:
                 name = topic_of(event)
                 sink = self._sinks[kind] = (name, self._table(name))
             name, table = sink
-            if kind is TrainingFinished:
-                self.finished = True  # whether this row is new or already on disk
-                self.finish_reason = event.reason  # type: ignore[attr-defined]
             max_seq = table.max_seq
             if max_seq is not None and seq <= max_seq:  # Table.is_new, inline: this runs for every event
                 self.stats.duplicates += 1
