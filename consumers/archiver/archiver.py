@@ -47,17 +47,19 @@ class Archiver:
         """Archive a batch of ordered items received at ``now`` (monotonic)."""
         wall = self.wall_clock()
         run = self.run
-        fold = self.aggregator.apply
-        for item in items:
+        folded = 0
+        for i, item in enumerate(items):
             if type(item) is Gap:
                 if run is not None and item.run_id == run.run_id:
                     run.on_gap(item, wall)
-                fold(item, now)
                 continue
             if run is None or item.run_id != run.run_id:
-                run = self._switch(item)  # type: ignore[arg-type]  (its summary reads the fold so far)
+                # The closing run's summary reads the fold: bring it up to this item first.
+                self.aggregator.apply_all(items[folded:i], now)
+                folded = i
+                run = self._switch(item)  # type: ignore[arg-type]
             run.on_envelope(item, wall)  # type: ignore[arg-type]
-            fold(item, now)
+        self.aggregator.apply_all(items[folded:], now)
         if run is not None and run.buffered_bytes >= MAX_BUFFERED_BYTES:
             self.flush(now)
 

@@ -162,8 +162,7 @@ class TamiyoApp(App[None]):
         """Fold items into the aggregator; ``received_at`` defaults to ``clock()`` now."""
         at = self.clock() if received_at is None else received_at
         before = self.aggregator.state.run.run_id
-        for item in items:
-            self.aggregator.apply(item, at)
+        self.aggregator.apply_all(items, at)
         after = self.aggregator.state.run.run_id
         if before and after != before:
             self.notify(f"new run {after} (was {before}): following it", title="Run restarted")

@@ -155,6 +155,28 @@ def test_fold_is_deterministic() -> None:
     assert fold_all(items) == fold_all(items)
 
 
+@pytest.mark.parametrize("received_at", [None, 7.5])
+def test_apply_all_is_apply_item_by_item(received_at: float | None) -> None:
+    items = [
+        envelope(0, training_started(), run_id="a", ts=100.0),
+        envelope(1, ppo_update(update=1), run_id="a", ts=101.0),
+        Gap("a", 2, 3, 0.0),
+        envelope(4, batch_completed(), run_id="a", ts=102.0),
+        envelope(4, ppo_update(update=9), run_id="a", ts=102.5),  # a duplicate
+        envelope(5, heartbeat(), run_id="a", ts=103.0),
+        envelope(0, training_started(), run_id="b", ts=200.0),  # a new run
+        envelope(6, ppo_update(update=2), run_id="a", ts=104.0),  # a straggler of the old one
+        envelope(1, training_finished(), run_id="b", ts=201.0),
+    ]
+    one_by_one = Aggregator()
+    for item in items:
+        one_by_one.apply(item, received_at)
+    together = Aggregator()
+    assert together.apply_all(iter(items), received_at) is together.state
+    assert together.state == one_by_one.state
+    assert together.state.run.run_id == "b" and together.state.run.finished
+
+
 def test_liveness_states() -> None:
     snap = Snapshot()
     assert lv.liveness(snap, 10.0) == lv.WAITING
