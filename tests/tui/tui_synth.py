@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+from testkit.events import HEADS, envelope, training_started
+
 from bus.contract import (
-    SCHEMA_VERSION,
     BatchCompleted,
     Envelope,
     Event,
@@ -14,18 +15,6 @@ from bus.contract import (
     TrainingFinished,
     TrainingStarted,
 )
-
-HEADS = {
-    "op": 6,
-    "slot": 4,
-    "blueprint": 13,
-    "style": 4,
-    "tempo": 3,
-    "alpha_target": 3,
-    "alpha_speed": 4,
-    "alpha_curve": 5,
-}
-T0 = 1_700_000_000.0
 
 
 class Run:
@@ -36,7 +25,7 @@ class Run:
         self.seq = seq
 
     def env(self, event: Event) -> Envelope:
-        env = Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=self.seq, ts=T0 + self.seq, event=event)
+        env = envelope(self.seq, event, self.run_id)
         self.seq += 1
         return env
 
@@ -44,25 +33,12 @@ class Run:
 def started(
     *, compile_enabled: bool = False, total_updates: int = 500, device: str = "cpu"
 ) -> TrainingStarted:
-    return TrainingStarted(
-        n_envs=4,
-        max_epochs=25,
-        task="tamiyo-sim",
-        host_params=120_000,
-        slot_ids=["r0c0", "r0c1", "r1c0", "r1c1"],
-        seed=42,
-        n_episodes=0,
-        lr=3e-4,
-        clip_ratio=0.2,
-        entropy_coef=0.01,
-        param_budget=200_000,
+    return training_started(
         policy_device=device,
         env_devices=[device],
-        reward_mode="shaped",
         compile_enabled=compile_enabled,
         compile_backend="inductor" if compile_enabled else "",
         compile_mode="default" if compile_enabled else "",
-        action_heads=dict(HEADS),
         total_updates=total_updates,
         rollout_steps=64,
         num_minibatches=4,
