@@ -19,7 +19,7 @@ from typing import TextIO
 from bus.endpoint import EndpointError
 from bus.security import SecurityError, add_security_arguments
 from producer import publisher as events
-from producer.config import TrainConfig
+from producer.config import TrainConfig, add_config_arguments
 
 
 class Interrupted(BaseException):
@@ -63,40 +63,13 @@ class StopFlag:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    """The flags of TrainConfig (see ``add_config_arguments``) and of remote access."""
     p = argparse.ArgumentParser(
         prog="python -m producer",
         description="Train the Tamiyo recurrent PPO agent and publish live telemetry on a ZeroMQ socket.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--endpoint", default=d.endpoint, help="bind the telemetry socket here ($TAMIYO_ENDPOINT)")
-    p.add_argument("--updates", type=int, default=d.updates, help="PPO updates to run")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--n-envs", type=int, default=d.n_envs, help="parallel environments")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=d.device)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
-    p.add_argument("--rollout-steps", type=int, default=d.rollout_steps, help="steps per env per rollout")
-    p.add_argument("--num-minibatches", type=int, default=d.num_minibatches)
-    p.add_argument("--update-epochs", type=int, default=d.update_epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--n-slots", type=int, default=d.n_slots)
-    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="steps per episode")
-    p.add_argument("--param-budget", type=int, default=d.param_budget)
-    p.add_argument(
-        "--diagnostics-every", type=int, default=d.diagnostics_every, help="measure gradient_cv/CUDA every N"
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the policy")
-    p.add_argument("--compile-backend", default=d.compile_backend)
-    p.add_argument("--compile-mode", default=d.compile_mode)
-    p.add_argument("--no-telemetry", action="store_true", help="open no socket (overhead benchmarks)")
-    p.add_argument(
-        "--wait-for-subscriber",
-        type=float,
-        default=d.wait_for_subscriber,
-        metavar="SECONDS",
-        help="before training, wait up to SECONDS for a consumer to subscribe",
-    )
-    p.add_argument("--summary-json", default="", metavar="PATH", help="write a JSON run summary here")
+    add_config_arguments(p)
     add_security_arguments(p, "publisher")
     return p
 
@@ -104,31 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: Sequence[str] | None) -> TrainConfig:
     """Parse and validate; bad flags exit 2 through argparse."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
-    cfg = TrainConfig(
-        endpoint=ns.endpoint,
-        updates=ns.updates,
-        seed=ns.seed,
-        n_envs=ns.n_envs,
-        device=ns.device,
-        threads=ns.threads,
-        rollout_steps=ns.rollout_steps,
-        num_minibatches=ns.num_minibatches,
-        update_epochs=ns.update_epochs,
-        lr=ns.lr,
-        n_slots=ns.n_slots,
-        max_epochs=ns.max_epochs,
-        param_budget=ns.param_budget,
-        diagnostics_every=ns.diagnostics_every,
-        compile=ns.compile,
-        compile_backend=ns.compile_backend,
-        compile_mode=ns.compile_mode,
-        telemetry=not ns.no_telemetry,
-        wait_for_subscriber=ns.wait_for_subscriber,
-        summary_json=ns.summary_json,
-        allow_remote=ns.allow_remote,
-        curve_keys=ns.curve_keys or "",
-    )
+    ns = vars(parser.parse_args(argv))
+    ns["curve_keys"] = ns["curve_keys"] or ""
+    cfg = TrainConfig(**{f.name: ns[f.name] for f in fields(TrainConfig) if f.name in ns})
     problems = cfg.validate()
     if cfg.summary_json and not Path(cfg.summary_json).resolve().parent.is_dir():
         problems.append(f"--summary-json: directory of {cfg.summary_json!r} does not exist")

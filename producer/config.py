@@ -1,10 +1,37 @@
-"""TrainConfig: every knob of a training run, one documented field each (CleanRL style)."""
+"""TrainConfig: every knob of a training run, one documented field each, and the flags built from it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import ast
+import inspect
+import math
+from dataclasses import dataclass, field, fields
+from functools import cache
+from typing import Any, get_type_hints
 
 from bus.endpoint import default_endpoint
+
+
+def knob(
+    default: Any = None,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    flag: bool = True,
+    default_factory: Any = None,
+) -> Any:
+    """A TrainConfig field with its bounds (checked on the command line and by ``validate``).
+
+    ``flag=False`` keeps the field off the command line (set in code, or by a flag built elsewhere).
+    """
+    meta = {"ge": ge, "gt": gt, "le": le, "choices": choices, "metavar": metavar, "flag": flag}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -12,111 +39,180 @@ class TrainConfig:
     """A training run's settings; ``producer.__main__`` builds one from the command line."""
 
     # -- run -------------------------------------------------------------------
-    updates: int = 600
+    updates: int = knob(600, ge=1)
     """Number of PPO updates (rollout + optimisation) to run."""
-    seed: int = 1
+    seed: int = knob(1, ge=0, le=2**32 - 1)
     """Seeds torch, the environment's randomness and the policy's sampling."""
-    device: str = "auto"
-    """Where the policy and the environment live: "cpu", "cuda" or "auto" (cuda when available)."""
-    threads: int = 1
+    device: str = knob("auto", choices=("cpu", "cuda", "auto"))
+    """Where the policy and the environment live ("auto": cuda when available)."""
+    threads: int = knob(1, ge=1)
     """torch CPU threads; the tensors are small, so one thread is fastest on CPU."""
 
     # -- environment -----------------------------------------------------------
-    n_envs: int = 16
+    n_envs: int = knob(16, ge=1)
     """Parallel environments, stepped as one batch."""
-    n_slots: int = 3
+    n_slots: int = knob(3, ge=1)
     """Seed slots in the host network; the size of the slot head."""
-    max_epochs: int = 25
+    max_epochs: int = knob(25, ge=1)
     """Steps (host training epochs) per episode."""
-    param_budget: int = 200_000
+    param_budget: int = knob(200_000, ge=1)
     """Seed parameters the host can afford; rent is charged against it, steeply above it."""
-    host_params: int = 1_000_000
+    host_params: int = knob(1_000_000, ge=0, flag=False)
     """Parameters of the host network (reported; rent is relative to param_budget)."""
 
     # -- PPO -------------------------------------------------------------------
-    rollout_steps: int = 32
+    rollout_steps: int = knob(32, ge=1)
     """Env steps per environment per rollout; the LSTM's training sequence length."""
-    lr: float = 1e-3
+    lr: float = knob(1e-3, gt=0.0)
     """Adam learning rate at the start of the run."""
-    anneal_lr: bool = True
+    anneal_lr: bool = knob(True, flag=False)
     """Linearly anneal the learning rate to zero over the run."""
-    gamma: float = 0.99
+    gamma: float = knob(0.99, gt=0.0, le=1.0, flag=False)
     """Discount factor."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = knob(0.95, ge=0.0, le=1.0, flag=False)
     """GAE lambda."""
-    num_minibatches: int = 4
-    """Minibatches per epoch; each holds n_envs / num_minibatches whole env sequences."""
-    update_epochs: int = 4
+    num_minibatches: int = knob(4, ge=2)
+    """Minibatches per epoch, each of n_envs / num_minibatches whole env sequences (gradient_cv needs 2)."""
+    update_epochs: int = knob(4, ge=1)
     """Passes over the rollout per update."""
-    clip_ratio: float = 0.2
+    clip_ratio: float = knob(0.2, gt=0.0, flag=False)
     """PPO ratio clipping epsilon (also the value-clipping range)."""
-    clip_vloss: bool = True
+    clip_vloss: bool = knob(True, flag=False)
     """Use the clipped value loss."""
-    entropy_coef: float = 0.01
+    entropy_coef: float = knob(0.01, ge=0.0, flag=False)
     """Weight of the entropy bonus (summed over all action heads)."""
-    vf_coef: float = 0.5
+    vf_coef: float = knob(0.5, ge=0.0, flag=False)
     """Weight of the value loss."""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = knob(0.5, gt=0.0, flag=False)
     """Global gradient-norm clipping threshold."""
-    hidden_size: int = 128
+    hidden_size: int = knob(128, ge=1, flag=False)
     """Width of the observation encoder and of the LSTM."""
 
     # -- diagnostics and telemetry --------------------------------------------
-    diagnostics_every: int = 10
+    diagnostics_every: int = knob(10, ge=1)
     """Measure gradient_cv and CUDA memory when train_steps % diagnostics_every == 0."""
-    endpoint: str = field(default_factory=default_endpoint)
-    """Where the telemetry XPUB socket binds ($TAMIYO_ENDPOINT or tcp://127.0.0.1:5555)."""
-    allow_remote: bool = False
+    endpoint: str = knob(default_factory=default_endpoint)
+    """Bind the telemetry XPUB socket here ($TAMIYO_ENDPOINT, else tcp://127.0.0.1:5555)."""
+    allow_remote: bool = knob(False, flag=False)  # --allow-remote: bus.security.add_security_arguments
     """Allow binding a non-loopback address; needs ``curve_keys`` (prefer an SSH tunnel)."""
-    curve_keys: str = ""
+    curve_keys: str = knob("", flag=False)  # --curve-keys: bus.security.add_security_arguments
     """Key directory from ``python -m bus.keys generate DIR``: encrypt, admit only its clients."""
-    telemetry: bool = True
-    """Publish telemetry; False opens no socket at all (for overhead benchmarks)."""
-    wait_for_subscriber: float = 0.0
-    """Before training, wait up to this many seconds for a consumer to subscribe."""
-    summary_json: str = ""
-    """Write a JSON summary of the run to this path at the end ("" = none)."""
-    return_window: int = 20
+    telemetry: bool = knob(True)
+    """Publish telemetry (--no-telemetry opens no socket at all, for overhead benchmarks)."""
+    wait_for_subscriber: float = knob(0.0, ge=0.0, metavar="SECONDS")
+    """Before training, wait up to SECONDS for a consumer to subscribe."""
+    summary_json: str = knob("", metavar="PATH")
+    """Write a JSON summary of the run to PATH at the end ("" = none)."""
+    return_window: int = knob(20, ge=1, flag=False)
     """Rollouts (with finished episodes) averaged for the summary's first/last mean return."""
 
     # -- torch.compile ---------------------------------------------------------
-    compile: bool = False
+    compile: bool = knob(False)
     """Wrap the policy's step and sequence-evaluation functions with torch.compile."""
-    compile_backend: str = "inductor"
+    compile_backend: str = knob("inductor")
     """torch.compile backend ("inductor", "eager", "aot_eager", ...)."""
-    compile_mode: str = "default"
+    compile_mode: str = knob("default")
     """torch.compile mode ("default", "reduce-overhead", "max-autotune")."""
 
     def validate(self) -> list[str]:
         """Every problem with these settings, as messages for the user; empty when fine."""
-        problems = []
-        positive = ("updates", "n_envs", "n_slots", "max_epochs", "param_budget", "rollout_steps")
-        positive += ("num_minibatches", "update_epochs", "hidden_size", "diagnostics_every", "threads")
-        for name in positive:
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.num_minibatches < 2:
-            problems.append("num_minibatches must be at least 2: gradient_cv needs two minibatch gradients")
-        elif self.n_envs % self.num_minibatches:
+        problems = [p for f in fields(self) if (p := check_value(f.name, getattr(self, f.name)))]
+        if self.num_minibatches >= 1 and self.n_envs % self.num_minibatches:
             problems.append(
                 f"n_envs ({self.n_envs}) must be a multiple of num_minibatches ({self.num_minibatches}): "
                 "minibatches split whole env sequences"
             )
-        if self.device not in ("cpu", "cuda", "auto"):
-            problems.append(f"device must be cpu, cuda or auto (got {self.device!r})")
-        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            problems.append("gamma must be in (0, 1] and gae_lambda in [0, 1]")
-        if self.lr <= 0 or self.clip_ratio <= 0 or self.max_grad_norm <= 0:
-            problems.append("lr, clip_ratio and max_grad_norm must be positive")
-        if self.wait_for_subscriber < 0:
-            problems.append("wait_for_subscriber must be >= 0")
         return problems
-
-    @property
-    def batch_size(self) -> int:
-        """Transitions per rollout."""
-        return self.n_envs * self.rollout_steps
 
     @property
     def envs_per_minibatch(self) -> int:
         return self.n_envs // self.num_minibatches
+
+
+@cache
+def field_docs() -> dict[str, str]:
+    """Each TrainConfig field's docstring (the string literal right under it), read from the source."""
+    body = ast.parse(inspect.getsource(TrainConfig)).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the field ``name`` against its bounds, or None."""
+    meta = _fields()[name].metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number (got {value})"
+    if meta["choices"] is not None and value not in meta["choices"]:
+        return f"{name} must be one of {', '.join(meta['choices'])} (got {value!r})"
+    if meta["ge"] is not None and value < meta["ge"]:
+        return f"{name} must be at least {meta['ge']} (got {value})"
+    if meta["gt"] is not None and value <= meta["gt"]:
+        return f"{name} must be greater than {meta['gt']} (got {value})"
+    if meta["le"] is not None and value > meta["le"]:
+        return f"{name} must be at most {meta['le']} (got {value})"
+    return None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field marked ``flag``: --field-name, its type, bounds and docstring."""
+    defaults = TrainConfig()
+    docs = field_docs()
+    types = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if not meta["flag"]:
+            continue
+        default = getattr(defaults, f.name)
+        text = docs[f.name].replace("%", "%%")  # argparse %-formats help text
+        name = "--" + f.name.replace("_", "-")
+        if types[f.name] is bool:
+            # SUPPRESS: absent unless given (the dataclass default applies), and no "(default: ...)".
+            action = "store_false" if default else "store_true"
+            name = f"--no-{name[2:]}" if default else name
+            parser.add_argument(name, dest=f.name, action=action, default=argparse.SUPPRESS, help=text)
+            continue
+        bounds = _bounds_text(meta)
+        parser.add_argument(
+            name,
+            dest=f.name,
+            type=_parser(f.name, types[f.name]),
+            default=default,
+            choices=meta["choices"],
+            metavar=meta["metavar"],
+            help=f"{text} ({bounds})" if bounds else text,
+        )
+
+
+def _parser(name: str, kind: type) -> Any:
+    """An argparse ``type``: converts the text and range-checks it, so a bad value exits 2 with a message."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if kind is not str and (problem := check_value(name, value)):
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def _bounds_text(meta: Any) -> str:
+    ops = (("ge", ">="), ("gt", ">"), ("le", "<="))
+    return ", ".join(f"{op} {meta[key]}" for key, op in ops if meta[key] is not None)
+
+
+@cache
+def _fields() -> dict[str, Any]:
+    return {f.name: f for f in fields(TrainConfig)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,12 +60,6 @@ def collect_cuda_memory_metrics(device: torch.device | None = None) -> dict[str,
     }
 
 
-def flat_grad(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
-    """All parameter gradients as one detached 1-D copy (absent gradients count as zeros)."""
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in parameters]
-    return torch.cat(parts).clone()
-
-
 def compute_gradient_cv(minibatch_grads: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """Coefficient of variation of the minibatch gradient vector over K >= 2 minibatches of one update.
 
@@ -89,11 +84,10 @@ def compute_gradient_cv(minibatch_grads: Sequence[torch.Tensor] | torch.Tensor) 
 
 @dataclass
 class LayerHealth:
-    """Dead/exploding parameter tensors and non-finite gradient elements, as 0-d tensors."""
+    """Dead and exploding parameter tensors, as 0-d tensors, out of ``total`` with a gradient."""
 
     dead: torch.Tensor
     exploding: torch.Tensor
-    nonfinite: torch.Tensor
     total: int
 
 
@@ -102,14 +96,12 @@ def compute_layer_health(parameters: Iterable[nn.Parameter]) -> LayerHealth:
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         zero = torch.zeros((), dtype=torch.long)
-        return LayerHealth(zero, zero.clone(), zero.clone(), 0)
+        return LayerHealth(zero, zero.clone(), 0)
     dead_share = torch.stack([(g.abs() < DEAD_GRAD).float().mean() for g in grads])
     exploding_share = torch.stack([(g.abs() > EXPLODING_GRAD).float().mean() for g in grads])
-    nonfinite = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).sum()
     return LayerHealth(
         dead=(dead_share > DEAD_FRACTION).sum(),
         exploding=(exploding_share > EXPLODING_FRACTION).sum(),
-        nonfinite=nonfinite,
         total=len(grads),
     )
 
@@ -124,6 +116,18 @@ def compute_head_grad_norms(heads: Mapping[str, nn.Module]) -> torch.Tensor:
         else:
             norms.append(torch.zeros((), device=next(head.parameters()).device))
     return torch.stack(norms)
+
+
+def to_host(values: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Named 0-d and 1-d tensors brought to the host in one sync: 0-d as a float, 1-d as a list."""
+    flat = torch.cat([value.detach().double().reshape(-1) for value in values.values()]).tolist()
+    host: dict[str, Any] = {}
+    at = 0
+    for name, value in values.items():
+        n = value.numel()
+        host[name] = flat[at] if value.dim() == 0 else flat[at : at + n]
+        at += n
+    return host
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -138,14 +138,3 @@ class Policy(nn.Module):
         # Zero the padding's -inf before multiplying: 0 * -inf would make NaN gradients.
         head_entropy = -(probs * torch.where(self.choice_mask, logp, 0.0)).sum(-1)
         return self._action_logprob(logp, actions), head_entropy, self.critic(core).squeeze(-1)
-
-    def evaluate(
-        self,
-        obs: torch.Tensor,
-        state: LSTMState,
-        done: torch.Tensor,
-        actions: torch.Tensor,
-        spans: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Re-run whole sequences (T, B, ...): log-prob of ``actions``, per-head entropy (T, B, H), value."""
-        return self.heads_out(self.unroll(obs, state, done, spans), actions)

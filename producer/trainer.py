@@ -17,6 +17,7 @@ from torch import nn
 
 from producer.config import TrainConfig
 from producer.diagnostics import (
+    LayerHealth,
     ThrottledValues,
     collect_cuda_memory_metrics,
     compute_directional_clip_fraction,
@@ -24,23 +25,13 @@ from producer.diagnostics import (
     compute_head_grad_norms,
     compute_layer_health,
     explained_variance,
+    to_host,
 )
 from producer.env import TamiyoEnv
 from producer.model import Policy, segments
 
 PhaseHook = Callable[[str], None]
 StopCheck = Callable[[], bool]
-
-_SCALARS = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "kl_divergence",
-    "clip_fraction",
-    "clip_fraction_positive",
-    "clip_fraction_negative",
-    "grad_norm",
-)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -214,126 +205,129 @@ class Trainer:
         started = time.perf_counter()
         if cfg.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - self.train_steps / cfg.updates)
-        lr = self.optimizer.param_groups[0]["lr"]
         measure = self.throttled.due(self.train_steps)
-        diag_s = 0.0
-        n_heads = len(self.heads)
-        sums = torch.zeros(len(_SCALARS) + 2 * n_heads, device=self.device)
-        nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
-        h0, c0 = self.initial_lstm_state
-        per_mb = cfg.envs_per_minibatch
-        n_minibatches = 0
-        health = None
         spans = segments(self.episode_starts, cfg.rollout_steps)
-        for epoch in range(cfg.update_epochs):
+        n_minibatches = cfg.update_epochs * cfg.num_minibatches
+        totals: dict[str, Any] = {}
+        health = None
+        k = 0
+        for _ in range(cfg.update_epochs):
             order = torch.randperm(cfg.n_envs, generator=self.shuffle_gen).to(self.device)
-            for start in range(0, cfg.n_envs, per_mb):
+            for mb in order.split(cfg.envs_per_minibatch):
                 if should_stop():
                     return None
-                mb = order[start : start + per_mb]
-                core = self.policy.unroll(self.obs[:, mb], (h0[mb], c0[mb]), self.dones[:, mb], spans)
-                newlogprob, head_entropy, newvalue = self._first_call(
-                    "heads", self.heads_fn, "update", core, self.actions[:, mb]
-                )  # type: ignore[misc]
-                logratio = newlogprob - self.logprobs[:, mb]
-                ratio = logratio.exp()
-                adv = self.advantages[:, mb]
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
-                ).mean()
-                v_loss = self._value_loss(newvalue, mb)
-                entropy = head_entropy.sum(-1).mean()
-                loss = pg_loss - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss
-
-                self.optimizer.zero_grad(set_to_none=False)
-                loss.backward()
-                with torch.no_grad():
-                    grads = [p.grad.reshape(-1) for p in self.params]
-                    if measure:  # keep this minibatch's gradient as one row of the gradient_cv stack
-                        flat = torch.cat(grads, out=self._cv_rows()[n_minibatches])
-                    else:
-                        flat = torch.cat(grads)
-                    nonfinite += (~torch.isfinite(flat)).sum()
-                    head_grad_norm = compute_head_grad_norms(self.policy.actor)
-                    last_minibatch = epoch == cfg.update_epochs - 1 and start + per_mb >= cfg.n_envs
-                    if last_minibatch:
-                        health = compute_layer_health(self.params)
-                grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                with torch.no_grad():
-                    kl = ((ratio - 1) - logratio).mean()
-                    clipped = ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean()
-                    positive, negative = compute_directional_clip_fraction(ratio, cfg.clip_ratio)
-                    scalars = (pg_loss, v_loss, entropy, kl, clipped, positive, negative, grad_norm)
-                    sums += torch.cat(
-                        (
-                            torch.stack(scalars).detach().float(),
-                            head_entropy.mean((0, 1)).detach(),
-                            head_grad_norm,
-                        )
-                    )
-                n_minibatches += 1
+                grad_row = self._cv_rows()[k] if measure else None
+                stats, health = self._minibatch_step(mb, spans, grad_row, last=k == n_minibatches - 1)
+                totals = {name: totals.get(name, 0) + value for name, value in stats.items()}
+                k += 1
         assert health is not None
+        return self._summary(totals, n_minibatches, health, measure, started)
 
+    def _minibatch_step(
+        self, mb: torch.Tensor, spans: list[tuple[int, int]], grad_row: torch.Tensor | None, *, last: bool
+    ) -> tuple[dict[str, torch.Tensor], LayerHealth | None]:
+        """One gradient step on the whole env sequences ``mb``; its diagnostics as detached tensors.
+
+        ``grad_row`` (on a measuring update) receives the minibatch's flat gradient for gradient_cv;
+        ``last`` classifies the layers too. Both see the raw gradient, before clipping.
+        """
+        cfg = self.cfg
+        h0, c0 = self.initial_lstm_state
+        core = self.policy.unroll(self.obs[:, mb], (h0[mb], c0[mb]), self.dones[:, mb], spans)
+        newlogprob, head_entropy, newvalue = self._first_call(
+            "heads", self.heads_fn, "update", core, self.actions[:, mb]
+        )  # type: ignore[misc]
+        logratio = newlogprob - self.logprobs[:, mb]
+        ratio = logratio.exp()
+        adv = self.advantages[:, mb]
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)).mean()
+        v_loss = self._value_loss(newvalue, mb)
+        entropy = head_entropy.sum(-1).mean()
+        loss = pg_loss - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss
+
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
         with torch.no_grad():
-            ev = explained_variance(self.values.flatten(), self.returns.flatten())
-            cv = torch.full((), float("nan"), device=self.device)
-            cuda_timing = None
-            if measure:
-                # Time the gradient_cv reduction without a sync of its own: CUDA events are
-                # read after the update's one sync below; on CPU the work is synchronous.
-                if self.device.type == "cuda":
-                    cuda_timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                    cuda_timing[0].record()
-                t0 = time.perf_counter()
-                cv = compute_gradient_cv(self._cv_rows())
-                if cuda_timing is not None:
-                    cuda_timing[1].record()
-                else:
-                    diag_s += time.perf_counter() - t0
-            tail = torch.stack(
-                (
-                    ev.double(),
-                    cv.double(),
-                    health.dead.double(),
-                    health.exploding.double(),
-                    nonfinite.double(),
-                )
-            )
-            packed = torch.cat(((sums / n_minibatches).double(), tail)).tolist()  # the update's one host sync
+            flat = torch.cat([p.grad.reshape(-1) for p in self.params], out=grad_row)
+            stats = {
+                "nan_grad_count": (~torch.isfinite(flat)).sum(),
+                "head_grad_norm": compute_head_grad_norms(self.policy.actor),
+            }
+            health = compute_layer_health(self.params) if last else None
+        grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            positive, negative = compute_directional_clip_fraction(ratio, cfg.clip_ratio)
+            stats |= {
+                "policy_loss": pg_loss.detach(),
+                "value_loss": v_loss.detach(),
+                "entropy": entropy.detach(),
+                "kl_divergence": ((ratio - 1) - logratio).mean(),
+                "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean(),
+                "clip_fraction_positive": positive,
+                "clip_fraction_negative": negative,
+                "grad_norm": grad_norm,
+                "head_entropy": head_entropy.mean((0, 1)).detach(),
+            }
+        return stats, health
 
+    def _summary(
+        self, totals: dict[str, Any], n_minibatches: int, health: LayerHealth, measure: bool, started: float
+    ) -> dict[str, Any]:
+        """The update's PPOUpdate fields: minibatch means (counts summed) and end-of-update diagnostics."""
+        with torch.no_grad():
+            values = {name: t / n_minibatches for name, t in totals.items() if name != "nan_grad_count"}
+            values |= {
+                "nan_grad_count": totals["nan_grad_count"],
+                "explained_variance": explained_variance(self.values.flatten(), self.returns.flatten()),
+                "dead_layers": health.dead,
+                "exploding_layers": health.exploding,
+            }
+            if measure:
+                values["gradient_cv"], cv_seconds = self._gradient_cv()
+        host = to_host(values)  # the update's one host sync
         self.train_steps += 1
-        values = dict(zip(_SCALARS, packed[: len(_SCALARS)], strict=True))
-        head_entropy_l = packed[len(_SCALARS) : len(_SCALARS) + n_heads]
-        head_grad_l = packed[len(_SCALARS) + n_heads : len(_SCALARS) + 2 * n_heads]
-        ev_v, cv_v, dead, exploding, nonfinite_v = packed[len(_SCALARS) + 2 * n_heads :]
+        diag_s = 0.0
         if measure:
             t0 = time.perf_counter()
-            self.throttled.record_gradient_cv(cv_v, self.train_steps)
+            self.throttled.record_gradient_cv(host["gradient_cv"], self.train_steps)
             self.throttled.record_cuda_memory(collect_cuda_memory_metrics(self.device), self.train_steps)
-            diag_s += time.perf_counter() - t0
-            if cuda_timing is not None:
-                diag_s += cuda_timing[0].elapsed_time(cuda_timing[1]) / 1000.0
+            diag_s = time.perf_counter() - t0 + cv_seconds()
         self.diagnostics_ms += diag_s * 1000.0
         update_ms = (time.perf_counter() - started) * 1000.0
         self.update_ms += update_ms
         return {
+            **host,
+            **self.throttled.fields(),
             "update": self.train_steps,
             "train_steps": self.train_steps,
             "env_steps": self.env_steps,
-            **values,
-            **self.throttled.fields(),
-            "explained_variance": ev_v,
-            "dead_layers": int(dead),
-            "exploding_layers": int(exploding),
+            "dead_layers": int(host["dead_layers"]),
+            "exploding_layers": int(host["exploding_layers"]),
             "total_layers": health.total,
-            "nan_grad_count": int(nonfinite_v),
-            "head_entropy": dict(zip(self.heads, head_entropy_l, strict=True)),
-            "head_grad_norm": dict(zip(self.heads, head_grad_l, strict=True)),
-            "lr": lr,
+            "nan_grad_count": int(host["nan_grad_count"]),
+            "head_entropy": dict(zip(self.heads, host["head_entropy"], strict=True)),
+            "head_grad_norm": dict(zip(self.heads, host["head_grad_norm"], strict=True)),
+            "lr": self.optimizer.param_groups[0]["lr"],
             "update_time_ms": update_ms,
         }
+
+    def _gradient_cv(self) -> tuple[torch.Tensor, Callable[[], float]]:
+        """gradient_cv over the update's minibatch gradients, and how to read its seconds after the sync.
+
+        CUDA events time it without a sync of their own; on CPU the work is synchronous.
+        """
+        if self.device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            cv = compute_gradient_cv(self._cv_rows())
+            end.record()
+            return cv, lambda: begin.elapsed_time(end) / 1000.0
+        t0 = time.perf_counter()
+        cv = compute_gradient_cv(self._cv_rows())
+        seconds = time.perf_counter() - t0
+        return cv, lambda: seconds
 
     def _cv_rows(self) -> torch.Tensor:
         """(K, n_params) buffer for the K minibatch gradients of a measuring update, allocated once."""

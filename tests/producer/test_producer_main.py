@@ -223,6 +223,8 @@ def test_sigterm_without_telemetry_exits_143(producer: Callable[..., Proc]) -> N
         (["--device", "tpu"], "invalid choice"),
         (["--n-envs", "6", "--num-minibatches", "4"], "multiple of num_minibatches"),
         (["--updates", "many"], "invalid int value"),
+        (["--lr", "inf"], "lr must be a finite number"),
+        (["--lr", "nan"], "lr must be a finite number"),
         (["--endpoint", "tcp://0.0.0.0:5999"], "refusing to bind"),
         (["--endpoint", "tcp://0.0.0.0:5999", "--allow-remote"], "needs CURVE keys"),
         (["--curve-keys", "/nonexistent-keys"], "python -m bus.keys generate"),

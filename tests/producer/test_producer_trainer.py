@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import producer
+import producer.trainer
 from bus.contract import PPOUpdate
 from producer.config import TrainConfig
 from producer.diagnostics import CUDA_MEMORY_KEYS
@@ -143,14 +144,32 @@ def _spy_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_one_host_sync_per_rollout_and_per_update(monkeypatch: pytest.MonkeyPatch) -> None:
-    trainer = small_trainer(diagnostics_every=1)  # a measuring update: the most work
+@pytest.mark.parametrize("diagnostics_every", [1, 2])
+def test_one_host_sync_per_rollout_and_per_update(
+    monkeypatch: pytest.MonkeyPatch, diagnostics_every: int
+) -> None:
+    trainer = small_trainer(diagnostics_every=diagnostics_every)
     calls = _spy_syncs(monkeypatch)
-    trainer.rollout()
-    assert len(calls) == 1, calls
-    calls.clear()
-    trainer.update()
-    assert len(calls) == 1 and calls[0].startswith("tolist"), calls
+    for measuring in (True, False):  # train_steps 0 measures; with every=2 train_steps 1 does not
+        trainer.rollout()
+        assert len(calls) == 1, calls
+        calls.clear()
+        metrics = trainer.update()
+        assert len(calls) == 1 and calls[0].startswith("tolist"), calls
+        calls.clear()
+        assert (metrics["gradient_cv_step"] == metrics["train_steps"]) == (
+            measuring or diagnostics_every == 1
+        )
+
+
+def test_the_sync_spy_sees_a_scalar_read_from_producer_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard above is only as good as the spy: a stray .item() or float() in producer/ must show.
+    calls = _spy_syncs(monkeypatch)
+    producer_code = compile(
+        "float(torch.ones(()).sum()); torch.ones(()).item()", producer.trainer.__file__, "exec"
+    )
+    exec(producer_code, {"torch": torch})
+    assert [c.split(" at ")[0] for c in calls] == ["__float__", "item"], calls
 
 
 def test_compiled_policy_runs_and_reports_the_compiling_phase() -> None:
