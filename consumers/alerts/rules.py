@@ -59,7 +59,7 @@ MetricName = Annotated[
     Literal[tuple(METRICS)],  # type: ignore[valid-type]
     Meta(description="a known metric (see --list-metrics)"),
 ]
-Op = Annotated[Literal[">", ">=", "<", "<="], Meta(description=_one_of(OPS))]
+Op = Annotated[Literal[tuple(OPS)], Meta(description=_one_of(OPS))]  # type: ignore[valid-type]
 Threshold = Annotated[
     float, Meta(ge=-sys.float_info.max, le=sys.float_info.max, description="a finite number")
 ]
@@ -69,7 +69,7 @@ Updates = Annotated[
 Seconds = Annotated[
     float, Meta(ge=0, le=MAX_SECONDS, description=f"a number of seconds from 0 to {MAX_SECONDS}")
 ]
-Severity = Annotated[Literal["info", "warning", "critical"], Meta(description=_one_of(SEVERITIES))]
+Severity = Annotated[Literal[SEVERITIES], Meta(description=_one_of(SEVERITIES))]  # type: ignore[valid-type]
 Summary = Annotated[
     str, Meta(max_length=MAX_SUMMARY, description=f"text of at most {MAX_SUMMARY} characters")
 ]
@@ -231,8 +231,8 @@ class _Lines:
         return 0
 
     def of(self, rule: int | None, key: str | None = None) -> int:
-        if rule is None:
-            lo, hi = 0, (min(self.rule_starts) if self.rule_starts else len(self.lines))
+        if rule is None:  # a top-level key: search the whole file
+            lo, hi = 0, len(self.lines)
         else:
             lo = self.rule_starts[rule]
             later = [s for s in self.rule_starts if s > lo]

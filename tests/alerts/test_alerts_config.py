@@ -104,6 +104,9 @@ def test_toml_syntax_errors_and_empty_files_are_refused() -> None:
     assert "not valid TOML" in syntax and "line 6" in syntax
     assert "no [[rule]] tables" in errors_of("# nothing\n")[0]
     assert "unknown top-level key 'rules'" in errors_of('[[rules]]\nname = "x"\n')[0]
+    assert errors_of(GOOD + "\n[settings]\nquiet = true\n") == [
+        "r.toml:20: unknown top-level key 'settings'; rules go in [[rule]] tables"
+    ]
 
 
 def test_check_config_exits_0_on_a_good_file(tmp_path: Path) -> None:
