@@ -204,10 +204,6 @@ class AlertEngine:
             "severity": rule.severity,
             "for": rule.describe_for(),
         }
-        try:
-            summary = rule.summary.format(**fields) if rule.summary else ""
-        except (ValueError, TypeError):
-            summary = rule.summary  # e.g. a numeric format applied to None
         return Notification(
             status=status,
             rule=rule.name,
@@ -219,7 +215,7 @@ class AlertEngine:
             fire=rule.fire,
             clear=rule.clear,
             expression=rule.expression(),
-            summary=summary,
+            summary=rule.render(fields),
             update=self.update,
             step=st.step,
             active_since=st.active_since_wall,
