@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bus_factories import ppo_update, training_started, wait_until
 
+from bus import catalogue
 from bus.contract import EVENT_TYPES, Envelope, ReplayEnd
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "wire.md"
@@ -33,6 +34,22 @@ def test_every_event_field_is_documented_in_its_section() -> None:
         tag = event_type.__struct_config__.tag
         documented = _table_fields(_section(text, f"### `{tag}`"))
         assert documented == set(event_type.__struct_fields__), tag
+
+
+def test_the_field_tables_are_the_catalogue_s() -> None:
+    """Each event's table is exactly what ``python -m bus.catalogue --markdown`` prints for it."""
+    text = DOC.read_text()
+    for event_type in EVENT_TYPES:
+        section = _section(text, f"### `{event_type.__struct_config__.tag}`")
+        assert catalogue.table(event_type) in section, "regenerate with python -m bus.catalogue --markdown"
+
+
+def test_every_field_has_a_meaning_in_the_contract() -> None:
+    for event_type in EVENT_TYPES:
+        for f in catalogue.fields(event_type):
+            assert f.description, f"{f.event}.{f.name} has no description"
+            if f.throttled:
+                assert f.measured_at in event_type.__struct_fields__, f.name
 
 
 def test_envelope_and_replay_end_are_documented() -> None:
