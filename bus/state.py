@@ -151,6 +151,11 @@ class TamiyoState:
             append(get(ev))
 
     @property
+    def head_sizes(self) -> dict[str, int]:
+        """Action-head sizes from training_started; empty until it has arrived."""
+        return self.started.action_heads if self.started is not None else {}
+
+    @property
     def infrastructure(self) -> InfrastructureMetrics:
         return InfrastructureMetrics(self.latest, self.started)
 
