@@ -117,7 +117,6 @@ BANDS: tuple[Band, ...] = (
 )
 
 
-
 def rules() -> list[str]:
     """One line per threshold, for the help screen and docs/tui.md (a test keeps the two in step)."""
     lines = [band.describe() for band in BANDS]

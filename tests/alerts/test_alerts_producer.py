@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from testkit.proc import AFTER_EXIT_S, RUN_TIMEOUT_S, Proc, free_endpoint, real_producer
+from testkit.net import free_endpoint
+from testkit.proc import AFTER_EXIT_S, RUN_TIMEOUT_S, Proc, real_producer
 
 from consumers.alerts.rules import default_rules_text
 

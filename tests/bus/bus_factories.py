@@ -11,7 +11,6 @@ from testkit.events import (
     replay_end,
     trainer_heads,
     training_finished,
-    wait_until,
 )
 
 from bus.contract import Envelope, Event, PPOUpdate, TrainingStarted
@@ -71,5 +70,4 @@ __all__ = [
     "replay_end",
     "training_finished",
     "training_started",
-    "wait_until",
 ]

@@ -10,7 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from bus_factories import ppo_update, training_started, wait_until
+from bus_factories import ppo_update, training_started
+from testkit.wait import wait_until
 
 from bus import catalogue
 from bus.contract import EVENT_TYPES, Envelope, ReplayEnd

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -150,28 +147,6 @@ def training_finished(**overrides: Any) -> TrainingFinished:
 
 def replay_end(last_seq: int, run_id: str = "run-a", count: int = 0) -> ReplayEnd:
     return ReplayEnd(replay_end=True, run_id=run_id, last_seq=last_seq, count=count)
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, step: Callable[[], object] | None = None
-) -> bool:
-    """Call ``step`` (if any) and check ``predicate`` until it holds or ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if step is not None:
-            step()
-        if predicate():
-            return True
-        if step is None:
-            time.sleep(0.01)
-    return predicate()
 
 
 def envelope(seq: int, event: Event, run_id: str = "run-a", ts: float | None = None) -> Envelope:
