@@ -58,7 +58,6 @@ def _apply_envelope(state: Snapshot, env: Envelope, received_at: float) -> Snaps
     delivery.events += 1
     delivery.last_seq = env.seq
     delivery.last_event_at = received_at
-    delivery.last_ts = env.ts
     _HANDLERS[type(env.event)](state, env.event, received_at)
     return state
 
@@ -88,31 +87,22 @@ def _on_batch_completed(state: Snapshot, ev: BatchCompleted, received_at: float)
     r = state.rollout
     r.batches += 1
     r.env_steps = ev.env_steps
-    r.fps = ev.fps
-    r.step_time_ms = ev.step_time_ms
-    r.episodes_completed = ev.episodes_completed
+    r.latest = ev
     r.fps_history.append(ev.fps)
     if ev.return_mean is not None:
-        r.return_mean = ev.return_mean
-        r.return_min = ev.return_min
-        r.return_max = ev.return_max
+        r.latest_with_returns = ev
         r.return_history.append(ev.return_mean)
 
 
 def _on_heartbeat(state: Snapshot, ev: Heartbeat, received_at: float) -> None:
     d = state.delivery
     d.last_heartbeat_at = received_at
-    d.heartbeat_period_s = ev.period_s
+    d.heartbeat = ev
     d.producer_phase = ev.phase
-    d.producer_dropped = ev.dropped
-    d.producer_uptime_s = ev.uptime_s
 
 
 def _on_training_finished(state: Snapshot, ev: TrainingFinished, received_at: float) -> None:
-    run = state.run
-    run.finished = True
-    run.finish_reason = ev.reason
-    run.finish_error = ev.error
+    state.run.finish = ev
     state.delivery.producer_phase = "finished"
 
 

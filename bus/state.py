@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from bus.catalogue import Field, fields, history_fields, step_fields
-from bus.contract import PPOUpdate, TrainingStarted
+from bus.contract import BatchCompleted, Heartbeat, PPOUpdate, TrainingFinished, TrainingStarted
 from bus.derived import memory_usage_percent
 
 HISTORY_LEN = 256
@@ -166,18 +166,40 @@ class TamiyoState:
 
 @dataclass
 class RolloutState:
-    """Environment progress as of the newest batch_completed."""
+    """Environment progress: the newest batch_completed, the newest one with returns, and histories."""
 
     batches: int = 0
     env_steps: int = 0
-    fps: float = 0.0
-    step_time_ms: float = 0.0
-    episodes_completed: int = 0
-    return_mean: float | None = None
-    return_min: float | None = None
-    return_max: float | None = None
+    """The larger of the newest batch_completed's and ppo_update's."""
+    latest: BatchCompleted | None = None
+    latest_with_returns: BatchCompleted | None = None
+    """Returns are carried from the last rollout in which an episode ended."""
     return_history: deque[float] = field(default_factory=_history)
     fps_history: deque[float] = field(default_factory=_history)
+
+    @property
+    def fps(self) -> float:
+        return self.latest.fps if self.latest is not None else 0.0
+
+    @property
+    def step_time_ms(self) -> float:
+        return self.latest.step_time_ms if self.latest is not None else 0.0
+
+    @property
+    def episodes_completed(self) -> int:
+        return self.latest.episodes_completed if self.latest is not None else 0
+
+    @property
+    def return_mean(self) -> float | None:
+        return self.latest_with_returns.return_mean if self.latest_with_returns is not None else None
+
+    @property
+    def return_min(self) -> float | None:
+        return self.latest_with_returns.return_min if self.latest_with_returns is not None else None
+
+    @property
+    def return_max(self) -> float | None:
+        return self.latest_with_returns.return_max if self.latest_with_returns is not None else None
 
 
 @dataclass
@@ -187,9 +209,19 @@ class RunInfo:
     run_id: str = ""
     started: TrainingStarted | None = None
     first_ts: float = 0.0
-    finished: bool = False
-    finish_reason: str = ""
-    finish_error: str = ""
+    finish: TrainingFinished | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish is not None
+
+    @property
+    def finish_reason(self) -> str:
+        return self.finish.reason if self.finish is not None else ""
+
+    @property
+    def finish_error(self) -> str:
+        return self.finish.error if self.finish is not None else ""
 
 
 @dataclass
@@ -204,11 +236,21 @@ class DeliveryState:
     duplicates: int = 0
     last_event_at: float = 0.0
     last_heartbeat_at: float = 0.0
-    heartbeat_period_s: float = 1.0
+    heartbeat: Heartbeat | None = None
     producer_phase: str = ""
-    producer_dropped: int = 0
-    producer_uptime_s: float = 0.0
-    last_ts: float = 0.0
+    """The newest heartbeat's phase, or ``finished`` once training_finished has arrived."""
+
+    @property
+    def heartbeat_period_s(self) -> float:
+        return self.heartbeat.period_s if self.heartbeat is not None else 1.0
+
+    @property
+    def producer_dropped(self) -> int:
+        return self.heartbeat.dropped if self.heartbeat is not None else 0
+
+    @property
+    def producer_uptime_s(self) -> float:
+        return self.heartbeat.uptime_s if self.heartbeat is not None else 0.0
 
 
 @dataclass
