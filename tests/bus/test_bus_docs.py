@@ -108,3 +108,9 @@ def test_the_plain_messagepack_client_in_the_docs_reads_history_and_live_updates
         proc.wait(timeout=10)
     updates = [line for line in seen if line.startswith("seq")]
     assert [int(re.search(r"update (\d+)", line).group(1)) for line in updates] == [1, 2, 3, 4]  # type: ignore[union-attr]
+
+
+def test_the_markdown_command_prints_every_table(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert catalogue.main(["--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert all(catalogue.table(event_type) in out for event_type in EVENT_TYPES)
