@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import msgspec
+
+from bus.catalogue import fields, step_fields
 from bus.contract import SCHEMA_VERSION, BatchCompleted, Envelope, Heartbeat, PPOUpdate
 
 HEADS = {
@@ -18,36 +22,24 @@ HEADS = {
 }
 
 
+_PPO_FIELDS = fields(PPOUpdate)
+_STEPS = step_fields(PPOUpdate)
+
+
 def ppo_update(i: int, rng: random.Random) -> PPOUpdate:
-    return PPOUpdate(
-        update=i,
-        train_steps=i,
-        env_steps=i * 2048,
-        policy_loss=rng.gauss(0, 0.05),
-        value_loss=abs(rng.gauss(0.5, 0.1)),
-        entropy=8.0 + rng.random(),
-        grad_norm=abs(rng.gauss(0.5, 0.1)),
-        kl_divergence=abs(rng.gauss(0.01, 0.003)),
-        clip_fraction=rng.random() * 0.2,
-        clip_fraction_positive=rng.random() * 0.1,
-        clip_fraction_negative=rng.random() * 0.1,
-        gradient_cv=rng.random() * 2,
-        gradient_cv_step=i - i % 10,
-        cuda_memory_allocated_gb=4.2,
-        cuda_memory_reserved_gb=8.0,
-        cuda_memory_peak_gb=6.5,
-        cuda_memory_fragmentation=0.475,
-        cuda_memory_step=i - i % 10,
-        explained_variance=rng.random(),
-        dead_layers=0,
-        exploding_layers=0,
-        total_layers=24,
-        nan_grad_count=0,
-        head_entropy={h: rng.random() for h in HEADS},
-        head_grad_norm={h: rng.random() for h in HEADS},
-        lr=3e-4,
-        update_time_ms=120.0 + rng.random(),
-    )
+    """Every field of the contract filled by its type: random floats and per-head maps, small counts."""
+    values: dict[str, Any] = {}
+    for f in _PPO_FIELDS:
+        if isinstance(f.type, msgspec.inspect.DictType):
+            values[f.name] = {h: rng.random() for h in HEADS}
+        elif isinstance(f.type, msgspec.inspect.FloatType):
+            values[f.name] = rng.random()
+        elif f.name in _STEPS:
+            values[f.name] = i - i % 10
+        elif isinstance(f.type, msgspec.inspect.IntType):
+            values[f.name] = 0
+    values.update(update=i, train_steps=i, env_steps=i * 2048, total_layers=24)
+    return PPOUpdate(**values)
 
 
 def batch_completed(i: int, rng: random.Random) -> BatchCompleted:

@@ -22,7 +22,7 @@ from bus.contract import (
     TrainingStarted,
 )
 from bus.feed import Gap
-from bus.state import PPO_HISTORY_FIELDS, Snapshot
+from bus.state import Snapshot
 
 Item = Envelope | Gap
 
@@ -58,7 +58,6 @@ def _apply_envelope(state: Snapshot, env: Envelope, received_at: float) -> Snaps
     delivery.events += 1
     delivery.last_seq = env.seq
     delivery.last_event_at = received_at
-    delivery.last_ts = env.ts
     _HANDLERS[type(env.event)](state, env.event, received_at)
     return state
 
@@ -75,49 +74,11 @@ def _apply_gap(state: Snapshot, gap: Gap) -> Snapshot:
 
 def _on_training_started(state: Snapshot, ev: TrainingStarted, received_at: float) -> None:
     state.run.started = ev
-    infra = state.tamiyo.infrastructure
-    infra.compile_enabled = ev.compile_enabled
-    infra.compile_backend = ev.compile_backend
-    infra.compile_mode = ev.compile_mode
+    state.tamiyo.started = ev
 
 
 def _on_ppo_update(state: Snapshot, ev: PPOUpdate, received_at: float) -> None:
-    t = state.tamiyo
-    t.ppo_data_received = True
-    t.update = ev.update
-    t.train_steps = ev.train_steps
-    t.policy_loss = ev.policy_loss
-    t.value_loss = ev.value_loss
-    t.entropy = ev.entropy
-    t.grad_norm = ev.grad_norm
-    t.kl_divergence = ev.kl_divergence
-    t.clip_fraction = ev.clip_fraction
-    t.explained_variance = ev.explained_variance
-    t.dead_layers = ev.dead_layers
-    t.exploding_layers = ev.exploding_layers
-    t.total_layers = ev.total_layers
-    t.nan_grad_count = ev.nan_grad_count
-    t.lr = ev.lr
-    t.update_time_ms = ev.update_time_ms
-    t.head_entropy = ev.head_entropy
-    t.head_grad_norm = ev.head_grad_norm
-
-    gq = t.gradient_quality
-    gq.gradient_cv = ev.gradient_cv
-    gq.gradient_cv_step = ev.gradient_cv_step
-    gq.clip_fraction_positive = ev.clip_fraction_positive
-    gq.clip_fraction_negative = ev.clip_fraction_negative
-
-    infra = t.infrastructure
-    infra.cuda_memory_allocated_gb = ev.cuda_memory_allocated_gb
-    infra.cuda_memory_reserved_gb = ev.cuda_memory_reserved_gb
-    infra.cuda_memory_peak_gb = ev.cuda_memory_peak_gb
-    infra.cuda_memory_fragmentation = ev.cuda_memory_fragmentation
-    infra.cuda_memory_step = ev.cuda_memory_step
-
-    history = t.history
-    for name in PPO_HISTORY_FIELDS:
-        history[name].append(getattr(ev, name))
+    state.tamiyo.record(ev)
     if state.rollout.env_steps < ev.env_steps:
         state.rollout.env_steps = ev.env_steps
 
@@ -126,31 +87,22 @@ def _on_batch_completed(state: Snapshot, ev: BatchCompleted, received_at: float)
     r = state.rollout
     r.batches += 1
     r.env_steps = ev.env_steps
-    r.fps = ev.fps
-    r.step_time_ms = ev.step_time_ms
-    r.episodes_completed = ev.episodes_completed
+    r.latest = ev
     r.fps_history.append(ev.fps)
     if ev.return_mean is not None:
-        r.return_mean = ev.return_mean
-        r.return_min = ev.return_min
-        r.return_max = ev.return_max
+        r.latest_with_returns = ev
         r.return_history.append(ev.return_mean)
 
 
 def _on_heartbeat(state: Snapshot, ev: Heartbeat, received_at: float) -> None:
     d = state.delivery
     d.last_heartbeat_at = received_at
-    d.heartbeat_period_s = ev.period_s
+    d.heartbeat = ev
     d.producer_phase = ev.phase
-    d.producer_dropped = ev.dropped
-    d.producer_uptime_s = ev.uptime_s
 
 
 def _on_training_finished(state: Snapshot, ev: TrainingFinished, received_at: float) -> None:
-    run = state.run
-    run.finished = True
-    run.finish_reason = ev.reason
-    run.finish_error = ev.error
+    state.run.finish = ev
     state.delivery.producer_phase = "finished"
 
 

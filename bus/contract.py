@@ -12,7 +12,7 @@ collections that walk the whole heap of a Textual app several times a second).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -28,105 +28,175 @@ lowercase ASCII letter, so this takes in event types added after the consumer wa
 (their seqs then count as skipped, not as gaps) and never another consumer's replay."""
 
 
+def _m(meaning: str, unit: str = "", *, measured_at: str = "", history: bool = False) -> msgspec.Meta:
+    """A field's catalogue entry: its one-line meaning, its unit and whether it is throttled.
+
+    ``measured_at`` names the field that says which update measured a throttled value;
+    ``history`` asks consumers to keep a bounded history of it (a sparkline).
+    """
+    return msgspec.Meta(
+        description=meaning,
+        extra={"unit": unit, "throttled": bool(measured_at), "measured_at": measured_at, "history": history},
+    )
+
+
+Phase = Literal["starting", "compiling", "rollout", "update", "finished"]
+"""What the trainer is doing. A new value is a breaking change (a Literal refuses others): bump the schema."""
+
+FinishReason = Literal["done", "interrupted", "crashed"]
+"""Why a run ended (``interrupted``: Ctrl-C or SIGTERM). A new value bumps the schema, as for ``Phase``."""
+
+
 class TrainingStarted(msgspec.Struct, tag="training_started", kw_only=True, gc=False):
     """Static session metadata, sent once when the trainer starts (and replayed to late joiners)."""
 
-    n_envs: int
-    max_epochs: int
-    task: str
-    host_params: int
-    slot_ids: list[str]
-    seed: int
-    n_episodes: int
-    lr: float
-    clip_ratio: float
-    entropy_coef: float
-    param_budget: int
-    policy_device: str
-    env_devices: list[str]
-    reward_mode: str
-    compile_enabled: bool = False
-    compile_backend: str = ""
-    compile_mode: str = ""
-    action_heads: dict[str, int] = {}
-    world_size: int = 1
-    rank: int = 0
-    total_updates: int = 0
-    rollout_steps: int = 0
-    num_minibatches: int = 0
-    update_epochs: int = 0
-    gamma: float = 0.0
-    gae_lambda: float = 0.0
-    diagnostics_every: int = 10
-    torch_version: str = ""
-    hostname: str = ""
+    n_envs: Annotated[int, _m("parallel environments, stepped as one batch", "count")]
+    max_epochs: Annotated[int, _m("env steps (host training epochs) per episode", "count")]
+    task: Annotated[str, _m("what the environment simulates (`tamiyo-sim`)")]
+    host_params: Annotated[int, _m("parameters of the simulated host network", "count")]
+    slot_ids: Annotated[list[str], _m("the host's seed slots, in slot-head order")]
+    seed: Annotated[int, _m("the run's random seed")]
+    n_episodes: Annotated[int, _m("episodes the run is planned to complete", "count")]
+    lr: Annotated[float, _m("initial learning rate")]
+    clip_ratio: Annotated[float, _m("PPO clipping ε")]
+    entropy_coef: Annotated[float, _m("entropy bonus weight")]
+    param_budget: Annotated[
+        int, _m("seed parameters the host can afford; rent is charged against it", "count")
+    ]
+    policy_device: Annotated[str, _m("torch device of the policy (`cpu`, `cuda:0`)")]
+    env_devices: Annotated[list[str], _m("torch device of each environment")]
+    reward_mode: Annotated[str, _m("how reward is computed (`accuracy_gain_minus_rent`)")]
+    compile_enabled: Annotated[bool, _m("whether the policy runs under `torch.compile`")] = False
+    compile_backend: Annotated[str, _m('`torch.compile` backend (`inductor`, …), "" when not compiled')] = ""
+    compile_mode: Annotated[
+        str, _m("`torch.compile` mode (`default`, `reduce-overhead`, `max-autotune`)")
+    ] = ""
+    action_heads: Annotated[
+        dict[str, int],
+        _m(
+            "each action head's name and number of choices (`op` 6, `slot`, `blueprint` 13, `style` 4, "
+            "`tempo` 3, `alpha_target` 3, `alpha_speed` 4, `alpha_curve` 5)",
+            "count",
+        ),
+    ] = {}
+    world_size: Annotated[int, _m("processes in the training job", "count")] = 1
+    rank: Annotated[int, _m("this process's rank")] = 0
+    total_updates: Annotated[int, _m("PPO updates the run will do (0: unknown)", "count")] = 0
+    rollout_steps: Annotated[int, _m("env steps per environment per rollout", "count")] = 0
+    num_minibatches: Annotated[int, _m("minibatches per update epoch", "count")] = 0
+    update_epochs: Annotated[int, _m("passes over each rollout", "count")] = 0
+    gamma: Annotated[float, _m("discount factor")] = 0.0
+    gae_lambda: Annotated[float, _m("GAE λ")] = 0.0
+    diagnostics_every: Annotated[
+        int,
+        _m("throttled diagnostics are measured when `train_steps % diagnostics_every == 0`", "updates"),
+    ] = 10
+    torch_version: Annotated[str, _m("`torch.__version__` of the trainer")] = ""
+    hostname: Annotated[str, _m("host the trainer runs on")] = ""
+
+
+_GRADIENT_CV = "gradient_cv_step"
+_CUDA = "cuda_memory_step"
 
 
 class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     """One PPO update: losses, policy-change statistics and gradient health."""
 
-    update: int
-    train_steps: int
-    env_steps: int
-    policy_loss: float
-    value_loss: float
-    entropy: float
-    grad_norm: float
-    kl_divergence: float
-    clip_fraction: float
-    clip_fraction_positive: float
-    clip_fraction_negative: float
-    gradient_cv: float
-    gradient_cv_step: int
-    cuda_memory_allocated_gb: float
-    cuda_memory_reserved_gb: float
-    cuda_memory_peak_gb: float
-    cuda_memory_fragmentation: float
-    cuda_memory_step: int
-    explained_variance: float
-    dead_layers: int
-    exploding_layers: int
-    total_layers: int
-    nan_grad_count: int
-    head_entropy: dict[str, float]
-    head_grad_norm: dict[str, float]
-    lr: float
-    update_time_ms: float
+    update: Annotated[int, _m("1-based number of this update", "count")]
+    train_steps: Annotated[int, _m("PPO updates completed, this one included", "count")]
+    env_steps: Annotated[int, _m("environment steps (all envs) collected so far", "count")]
+    policy_loss: Annotated[float, _m("clipped surrogate loss", history=True)]
+    value_loss: Annotated[float, _m("(clipped) value loss, ½·MSE", "return²", history=True)]
+    entropy: Annotated[float, _m("policy entropy summed over the action heads", "nats", history=True)]
+    grad_norm: Annotated[float, _m("global gradient L2 norm before clipping", history=True)]
+    kl_divergence: Annotated[
+        float, _m("approximate KL(old‖new), the k3 estimator `(r − 1) − log r`", "nats", history=True)
+    ]
+    clip_fraction: Annotated[
+        float, _m("share of ratios `r = π_new/π_old` with |r − 1| > ε", "fraction", history=True)
+    ]
+    clip_fraction_positive: Annotated[float, _m("share with r > 1 + ε (increases capped)", "fraction")]
+    clip_fraction_negative: Annotated[float, _m("share with r < 1 − ε (decreases capped)", "fraction")]
+    gradient_cv: Annotated[
+        float,
+        _m(
+            "minibatch-gradient coefficient of variation, √(Σᵢ Var_k g_k,i) / ‖mean_k g_k‖",
+            measured_at=_GRADIENT_CV,
+            history=True,
+        ),
+    ]
+    gradient_cv_step: Annotated[
+        int, _m("`train_steps` of the update that measured `gradient_cv`; −1 never", "update")
+    ]
+    cuda_memory_allocated_gb: Annotated[
+        float, _m("allocated by tensors (0.0 without CUDA)", "GB", measured_at=_CUDA)
+    ]
+    cuda_memory_reserved_gb: Annotated[
+        float, _m("reserved by the caching allocator", "GB", measured_at=_CUDA)
+    ]
+    cuda_memory_peak_gb: Annotated[
+        float, _m("largest allocation since the trainer started", "GB", measured_at=_CUDA)
+    ]
+    cuda_memory_fragmentation: Annotated[
+        float, _m("1 − allocated/reserved (0.0 when nothing is reserved)", "fraction", measured_at=_CUDA)
+    ]
+    cuda_memory_step: Annotated[
+        int, _m("`train_steps` of the update that measured the four `cuda_memory_*`; −1 never", "update")
+    ]
+    explained_variance: Annotated[
+        float, _m("1 − Var(returns − values)/Var(returns) over the rollout", history=True)
+    ]
+    dead_layers: Annotated[
+        int, _m("parameter tensors whose gradient is dead (> 90% of elements below 1e-6)", "count")
+    ]
+    exploding_layers: Annotated[
+        int, _m("parameter tensors whose gradient explodes (> 10% of elements above 10)", "count")
+    ]
+    total_layers: Annotated[int, _m("parameter tensors checked", "count")]
+    nan_grad_count: Annotated[int, _m("non-finite gradient elements seen during the update", "count")]
+    head_entropy: Annotated[dict[str, float], _m("entropy of each action head", "nats")]
+    head_grad_norm: Annotated[dict[str, float], _m("gradient L2 norm of each head's parameters")]
+    lr: Annotated[float, _m("learning rate used by this update")]
+    update_time_ms: Annotated[float, _m("wall time the update took", "ms")]
 
 
 class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):
     """One rollout (batch of env steps) collected; returns of the episodes that ended in it."""
 
-    update: int
-    env_steps: int
-    fps: float
-    step_time_ms: float
-    episodes_completed: int
-    episodes: int
-    return_mean: float | None = None
-    return_min: float | None = None
-    return_max: float | None = None
+    update: Annotated[int, _m("the update this rollout feeds", "count")]
+    env_steps: Annotated[int, _m("environment steps (all envs) collected so far", "count")]
+    fps: Annotated[float, _m("env steps per second during this rollout", "1/s", history=True)]
+    step_time_ms: Annotated[float, _m("wall time per vectorized env step (all envs at once)", "ms")]
+    episodes_completed: Annotated[int, _m("episodes finished since the run started", "count")]
+    episodes: Annotated[int, _m("episodes that finished during this rollout", "count")]
+    return_mean: Annotated[
+        float | None, _m("mean return of those episodes; nil when none finished", history=True)
+    ] = None
+    return_min: Annotated[float | None, _m("lowest of those returns")] = None
+    return_max: Annotated[float | None, _m("highest of those returns")] = None
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     """Sent every ``period_s`` by the publisher's own thread, also while the trainer is busy."""
 
-    period_s: float
-    phase: str
-    update: int
-    uptime_s: float
-    dropped: int
-    dropped_since_last: int
-    sent: int
+    period_s: Annotated[float, _m("time between heartbeats (1.0)", "s")]
+    phase: Annotated[Phase, _m("what the trainer is doing")]
+    update: Annotated[int, _m("the update the trainer is on", "count")]
+    uptime_s: Annotated[float, _m("time since the publisher started", "s")]
+    dropped: Annotated[
+        int, _m("events the publisher dropped so far (queue full, socket refused, over 1 MiB)", "count")
+    ]
+    dropped_since_last: Annotated[int, _m("of those, since the previous heartbeat", "count")]
+    sent: Annotated[int, _m("messages handed to the socket so far", "count")]
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):
     """The last event of a run: why it ended."""
 
-    reason: str
-    updates: int
-    env_steps: int
-    error: str = ""
+    reason: Annotated[FinishReason, _m("why the run ended (`interrupted`: Ctrl-C, SIGTERM)")]
+    updates: Annotated[int, _m("updates completed", "count")]
+    env_steps: Annotated[int, _m("environment steps collected", "count")]
+    error: Annotated[str, _m("for `crashed`: the exception, as text")] = ""
 
 
 Event = TrainingStarted | PPOUpdate | BatchCompleted | Heartbeat | TrainingFinished
@@ -142,10 +212,6 @@ EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
 
 TOPICS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
 """Every live topic; a topic is the event's ``type`` tag."""
-
-FINISH_REASONS = ("done", "interrupted", "crashed")
-
-PHASES = ("starting", "compiling", "rollout", "update", "finished")
 
 
 class Envelope(msgspec.Struct, kw_only=True, gc=False):

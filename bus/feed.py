@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bus.contract import Envelope, ReplayEnd
 
@@ -64,7 +64,6 @@ class FeedStats:
     replayed: int = 0
     resyncs: int = 0
     sync_timeouts: int = 0
-    gap_log: list[Gap] = field(default_factory=list)
 
 
 def new_token() -> str:
@@ -265,6 +264,4 @@ class Feed:
         gap = Gap(self.run_id, first, last, now)
         self.stats.gaps += 1
         self.stats.missed += gap.count
-        self.stats.gap_log.append(gap)
-        del self.stats.gap_log[:-64]
         out.append(gap)

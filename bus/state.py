@@ -1,107 +1,205 @@
-"""The folded view of one run that every consumer holds: plain dataclasses, no torch, no textual."""
+"""The folded view of one run that every consumer holds: the contract's own events plus counters; no torch."""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
-from bus.contract import TrainingStarted
+import msgspec
+
+from bus.catalogue import Field, fields, history_fields, step_fields
+from bus.contract import BatchCompleted, Heartbeat, PPOUpdate, TrainingFinished, TrainingStarted
+from bus.derived import memory_usage_percent
 
 HISTORY_LEN = 256
 """Samples kept per sparkline history; bounded so a consumer's memory is flat for days."""
 
 GAP_RANGES_KEPT = 32
 
-PPO_HISTORY_FIELDS = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "grad_norm",
-    "kl_divergence",
-    "clip_fraction",
-    "explained_variance",
-    "gradient_cv",
-)
+PPO_HISTORY_FIELDS: tuple[str, ...] = history_fields(PPOUpdate)
+"""The ppo_update fields the contract marks for a history (``history=True``)."""
 
 
 def _history() -> deque[float]:
     return deque(maxlen=HISTORY_LEN)
 
 
-@dataclass
-class InfrastructureMetrics:
-    """CUDA memory (measured every few updates) and torch.compile status (from training_started)."""
+def _placeholder(f: Field) -> object:
+    if isinstance(f.type, msgspec.inspect.DictType):
+        return {}
+    return 0.0 if isinstance(f.type, msgspec.inspect.FloatType) else 0
 
-    cuda_memory_allocated_gb: float = 0.0
-    cuda_memory_reserved_gb: float = 0.0
-    cuda_memory_peak_gb: float = 0.0
-    cuda_memory_fragmentation: float = 0.0
-    cuda_memory_step: int = -1
-    compile_enabled: bool = False
-    compile_backend: str = ""
-    compile_mode: str = ""
+
+NO_PPO_UPDATE = PPOUpdate(
+    **{f.name: _placeholder(f) for f in fields(PPOUpdate) if f.required}
+    | {name: -1 for name in step_fields(PPOUpdate)}  # -1: never measured, as on the wire
+)
+"""What ``TamiyoState.latest`` holds before the first ppo_update: zeros, throttled steps -1."""
+
+
+@dataclass(frozen=True, slots=True)
+class InfrastructureMetrics:
+    """CUDA memory (measured every few updates) and torch.compile status: a view over the newest events."""
+
+    ppo: PPOUpdate = NO_PPO_UPDATE
+    started: TrainingStarted | None = None
+
+    @property
+    def cuda_memory_allocated_gb(self) -> float:
+        return self.ppo.cuda_memory_allocated_gb
+
+    @property
+    def cuda_memory_reserved_gb(self) -> float:
+        return self.ppo.cuda_memory_reserved_gb
+
+    @property
+    def cuda_memory_peak_gb(self) -> float:
+        return self.ppo.cuda_memory_peak_gb
+
+    @property
+    def cuda_memory_fragmentation(self) -> float:
+        return self.ppo.cuda_memory_fragmentation
+
+    @property
+    def cuda_memory_step(self) -> int:
+        return self.ppo.cuda_memory_step
+
+    @property
+    def compile_enabled(self) -> bool:
+        return self.started is not None and self.started.compile_enabled
+
+    @property
+    def compile_backend(self) -> str:
+        return self.started.compile_backend if self.started is not None else ""
+
+    @property
+    def compile_mode(self) -> str:
+        return self.started.compile_mode if self.started is not None else ""
 
     @property
     def memory_usage_percent(self) -> float:
-        """Allocated as a share of reserved, in percent; 0.0 when nothing is reserved (no CUDA)."""
-        if self.cuda_memory_reserved_gb <= 0:
-            return 0.0
-        return self.cuda_memory_allocated_gb / self.cuda_memory_reserved_gb * 100.0
+        """Allocated as a share of reserved, in percent (``bus.derived.memory_usage_percent``)."""
+        return memory_usage_percent(self.ppo.cuda_memory_allocated_gb, self.ppo.cuda_memory_reserved_gb)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class GradientQualityMetrics:
-    """Minibatch-gradient CV (measured every few updates) and directional clip fractions (every update)."""
+    """Minibatch-gradient CV (measured every few updates) and directional clip fractions: a view."""
 
-    gradient_cv: float = 0.0
-    gradient_cv_step: int = -1
-    clip_fraction_positive: float = 0.0
-    clip_fraction_negative: float = 0.0
+    ppo: PPOUpdate = NO_PPO_UPDATE
+
+    @property
+    def gradient_cv(self) -> float:
+        return self.ppo.gradient_cv
+
+    @property
+    def gradient_cv_step(self) -> int:
+        return self.ppo.gradient_cv_step
+
+    @property
+    def clip_fraction_positive(self) -> float:
+        return self.ppo.clip_fraction_positive
+
+    @property
+    def clip_fraction_negative(self) -> float:
+        return self.ppo.clip_fraction_negative
 
 
-@dataclass
 class TamiyoState:
-    """The policy's training health as of the newest ppo_update."""
+    """The policy's training health: the newest ppo_update itself, plus bounded histories.
 
-    ppo_data_received: bool = False
-    update: int = 0
-    train_steps: int = 0
-    policy_loss: float = 0.0
-    value_loss: float = 0.0
-    entropy: float = 0.0
-    grad_norm: float = 0.0
-    kl_divergence: float = 0.0
-    clip_fraction: float = 0.0
-    explained_variance: float = 0.0
-    dead_layers: int = 0
-    exploding_layers: int = 0
-    total_layers: int = 0
-    nan_grad_count: int = 0
-    lr: float = 0.0
-    update_time_ms: float = 0.0
-    head_entropy: dict[str, float] = field(default_factory=dict)
-    head_grad_norm: dict[str, float] = field(default_factory=dict)
-    infrastructure: InfrastructureMetrics = field(default_factory=InfrastructureMetrics)
-    gradient_quality: GradientQualityMetrics = field(default_factory=GradientQualityMetrics)
-    history: dict[str, deque[float]] = field(
-        default_factory=lambda: {name: _history() for name in PPO_HISTORY_FIELDS}
-    )
+    Every ppo_update field reads straight through (``state.tamiyo.policy_loss`` is
+    ``state.tamiyo.latest.policy_loss``), so a field added to the contract needs no change here.
+    """
+
+    __slots__ = ("_appends", "history", "latest", "ppo_data_received", "started")
+
+    def __init__(self) -> None:
+        self.latest: PPOUpdate = NO_PPO_UPDATE
+        self.ppo_data_received = False
+        self.started: TrainingStarted | None = None
+        self.history: dict[str, deque[float]] = {name: _history() for name in PPO_HISTORY_FIELDS}
+        self._appends = tuple((attrgetter(name), h.append) for name, h in self.history.items())
+
+    def __getattr__(self, name: str) -> Any:
+        if name in TamiyoState.__slots__:  # not set yet (a copy under construction): no recursion
+            raise AttributeError(name)
+        return getattr(self.latest, name)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TamiyoState):
+            return NotImplemented
+        return (self.latest, self.ppo_data_received, self.started, self.history) == (
+            other.latest,
+            other.ppo_data_received,
+            other.started,
+            other.history,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TamiyoState(latest={self.latest!r}, ppo_data_received={self.ppo_data_received})"
+
+    def record(self, ev: PPOUpdate) -> None:
+        """Take ``ev`` as the newest update and extend the histories (the fold's one step)."""
+        self.latest = ev
+        self.ppo_data_received = True
+        for get, append in self._appends:
+            append(get(ev))
+
+    @property
+    def head_sizes(self) -> dict[str, int]:
+        """Action-head sizes from training_started; empty until it has arrived."""
+        return self.started.action_heads if self.started is not None else {}
+
+    @property
+    def infrastructure(self) -> InfrastructureMetrics:
+        return InfrastructureMetrics(self.latest, self.started)
+
+    @property
+    def gradient_quality(self) -> GradientQualityMetrics:
+        return GradientQualityMetrics(self.latest)
 
 
 @dataclass
 class RolloutState:
-    """Environment progress as of the newest batch_completed."""
+    """Environment progress: the newest batch_completed, the newest one with returns, and histories."""
 
     batches: int = 0
     env_steps: int = 0
-    fps: float = 0.0
-    step_time_ms: float = 0.0
-    episodes_completed: int = 0
-    return_mean: float | None = None
-    return_min: float | None = None
-    return_max: float | None = None
+    """The larger of the newest batch_completed's and ppo_update's."""
+    latest: BatchCompleted | None = None
+    latest_with_returns: BatchCompleted | None = None
+    """Returns are carried from the last rollout in which an episode ended."""
     return_history: deque[float] = field(default_factory=_history)
     fps_history: deque[float] = field(default_factory=_history)
+
+    @property
+    def fps(self) -> float:
+        return self.latest.fps if self.latest is not None else 0.0
+
+    @property
+    def step_time_ms(self) -> float:
+        return self.latest.step_time_ms if self.latest is not None else 0.0
+
+    @property
+    def episodes_completed(self) -> int:
+        return self.latest.episodes_completed if self.latest is not None else 0
+
+    @property
+    def return_mean(self) -> float | None:
+        return self.latest_with_returns.return_mean if self.latest_with_returns is not None else None
+
+    @property
+    def return_min(self) -> float | None:
+        return self.latest_with_returns.return_min if self.latest_with_returns is not None else None
+
+    @property
+    def return_max(self) -> float | None:
+        return self.latest_with_returns.return_max if self.latest_with_returns is not None else None
 
 
 @dataclass
@@ -111,9 +209,19 @@ class RunInfo:
     run_id: str = ""
     started: TrainingStarted | None = None
     first_ts: float = 0.0
-    finished: bool = False
-    finish_reason: str = ""
-    finish_error: str = ""
+    finish: TrainingFinished | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish is not None
+
+    @property
+    def finish_reason(self) -> str:
+        return self.finish.reason if self.finish is not None else ""
+
+    @property
+    def finish_error(self) -> str:
+        return self.finish.error if self.finish is not None else ""
 
 
 @dataclass
@@ -128,11 +236,21 @@ class DeliveryState:
     duplicates: int = 0
     last_event_at: float = 0.0
     last_heartbeat_at: float = 0.0
-    heartbeat_period_s: float = 1.0
+    heartbeat: Heartbeat | None = None
     producer_phase: str = ""
-    producer_dropped: int = 0
-    producer_uptime_s: float = 0.0
-    last_ts: float = 0.0
+    """The newest heartbeat's phase, or ``finished`` once training_finished has arrived."""
+
+    @property
+    def heartbeat_period_s(self) -> float:
+        return self.heartbeat.period_s if self.heartbeat is not None else 1.0
+
+    @property
+    def producer_dropped(self) -> int:
+        return self.heartbeat.dropped if self.heartbeat is not None else 0
+
+    @property
+    def producer_uptime_s(self) -> float:
+        return self.heartbeat.uptime_s if self.heartbeat is not None else 0.0
 
 
 @dataclass
@@ -144,7 +262,3 @@ class Snapshot:
     rollout: RolloutState = field(default_factory=RolloutState)
     delivery: DeliveryState = field(default_factory=DeliveryState)
     runs_seen: int = 0
-
-    @property
-    def current_batch(self) -> int:
-        return self.tamiyo.update

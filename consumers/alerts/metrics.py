@@ -1,5 +1,8 @@
 """The values alert rules can watch, each read from the aggregated ``bus.state.Snapshot``.
 
+Every numeric ppo_update field in the contract is a metric of the same name (``bus.catalogue``;
+throttled fields are ``measured``); derived values come from ``bus.derived``.
+
 A reading carries a ``key``: the rule engine evaluates a rule only when its metric's key
 changes (a new ppo_update, a new throttled measurement), so a value carried over from an
 earlier update is never counted twice. ``key=None`` means "evaluate on every tick"
@@ -8,10 +11,12 @@ earlier update is never counted twice. ``key=None`` means "evaluate on every tic
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
+from bus import catalogue, derived
+from bus.contract import PPOUpdate
 from bus.liveness import FINISHED, WAITING, liveness, silence_s
 from bus.state import Snapshot
 
@@ -50,12 +55,28 @@ class Metric:
         return every if every > 0 else 10
 
 
-def _update_attr(attr: str) -> Callable[[Snapshot, float], Reading | None]:
+def _update_field(name: str) -> Callable[[Snapshot, float], Reading | None]:
+    get = attrgetter(name)
+
     def read(s: Snapshot, now: float) -> Reading | None:
         t = s.tamiyo
         if not t.ppo_data_received:
             return None
-        return Reading(float(getattr(t, attr)), t.update, t.update)
+        return Reading(float(get(t.latest)), t.update, t.update)
+
+    return read
+
+
+def _measured(value: Callable[[PPOUpdate], float], step: str) -> Callable[[Snapshot, float], Reading | None]:
+    """A throttled value, keyed by the update that measured it (field ``step``); none until measured."""
+    get_step = attrgetter(step)
+
+    def read(s: Snapshot, now: float) -> Reading | None:
+        t = s.tamiyo
+        at = get_step(t.latest)
+        if not t.ppo_data_received or at < 0:
+            return None
+        return Reading(value(t.latest), at, at)
 
     return read
 
@@ -71,59 +92,21 @@ def _per_update(fn: Callable[[Snapshot], float | None]) -> Callable[[Snapshot, f
     return read
 
 
-def _gradient_cv(s: Snapshot, now: float) -> Reading | None:
-    gq = s.tamiyo.gradient_quality
-    if not s.tamiyo.ppo_data_received or gq.gradient_cv_step < 0:
-        return None
-    return Reading(gq.gradient_cv, gq.gradient_cv_step, gq.gradient_cv_step)
-
-
-def _cuda(attr: str) -> Callable[[Snapshot, float], Reading | None]:
-    def read(s: Snapshot, now: float) -> Reading | None:
-        infra = s.tamiyo.infrastructure
-        if not s.tamiyo.ppo_data_received or infra.cuda_memory_step < 0:
-            return None
-        return Reading(float(getattr(infra, attr)), infra.cuda_memory_step, infra.cuda_memory_step)
-
-    return read
-
-
-LOSS_FIELDS = ("policy_loss", "value_loss", "entropy", "kl_divergence", "grad_norm")
-
-
-def _nonfinite_losses(s: Snapshot) -> float:
-    t = s.tamiyo
-    return float(sum(1 for name in LOSS_FIELDS if not math.isfinite(getattr(t, name))))
-
-
-def _layer_fraction(attr: str) -> Callable[[Snapshot], float | None]:
-    def value(s: Snapshot) -> float | None:
-        t = s.tamiyo
-        return getattr(t, attr) / t.total_layers if t.total_layers > 0 else None
-
-    return value
-
-
-def _normalized_head_entropies(s: Snapshot) -> list[float]:
+def _head_sizes(s: Snapshot) -> dict[str, int]:
     started = s.run.started
-    if started is None:
-        return []
-    out = []
-    for head, entropy in s.tamiyo.head_entropy.items():
-        n = started.action_heads.get(head, 0)
-        if n > 1:
-            out.append(entropy / math.log(n))
-    return out
+    return started.action_heads if started is not None else {}
 
 
-def _entropy_normalized(s: Snapshot) -> float | None:
-    values = _normalized_head_entropies(s)
-    return sum(values) / len(values) if values else None
+def _field_metric(f: catalogue.Field) -> Metric:
+    doc = f"{f.description} ({f.unit})" if f.unit else f.description
+    if f.throttled:
+        get = attrgetter(f.name)
+        return Metric(f.name, MEASURED, doc, _measured(lambda ev: float(get(ev)), f.measured_at))
+    return Metric(f.name, UPDATE, doc, _update_field(f.name))
 
 
-def _min_head_entropy_normalized(s: Snapshot) -> float | None:
-    values = _normalized_head_entropies(s)
-    return min(values) if values else None
+def _memory_usage_percent(ev: PPOUpdate) -> float:
+    return derived.memory_usage_percent(ev.cuda_memory_allocated_gb, ev.cuda_memory_reserved_gb)
 
 
 def _batch_attr(attr: str) -> Callable[[Snapshot, float], Reading | None]:
@@ -155,96 +138,45 @@ def _delivery_counter(attr: str) -> Callable[[Snapshot, float], Reading | None]:
 
 
 def _build() -> dict[str, Metric]:
-    metrics = [
-        Metric(name, UPDATE, doc, _update_attr(name))
-        for name, doc in (
-            ("update", "the PPO update counter"),
-            ("policy_loss", "PPO clipped policy loss"),
-            ("value_loss", "value-function loss"),
-            ("entropy", "policy entropy as the producer reports it"),
-            ("grad_norm", "global gradient norm before clipping"),
-            ("kl_divergence", "approximate KL between the old and new policy"),
-            ("clip_fraction", "share of samples whose ratio was clipped"),
-            ("explained_variance", "explained variance of the value function"),
-            ("dead_layers", "parameter tensors with (almost) all-zero gradients"),
-            ("exploding_layers", "parameter tensors with exploding gradients"),
-            ("nan_grad_count", "non-finite gradient elements"),
-            ("lr", "learning rate"),
-            ("update_time_ms", "wall time of the update"),
-        )
-    ]
+    fields = catalogue.metric_fields(PPOUpdate)
+    metrics = [_field_metric(f) for f in fields]
+    cuda_step = next(f.measured_at for f in fields if f.name == "cuda_memory_reserved_gb")
     metrics += [
-        Metric(
-            "clip_fraction_positive",
-            UPDATE,
-            "share of samples clipped above 1+eps",
-            _per_update(lambda s: s.tamiyo.gradient_quality.clip_fraction_positive),
-        ),
-        Metric(
-            "clip_fraction_negative",
-            UPDATE,
-            "share of samples clipped below 1-eps",
-            _per_update(lambda s: s.tamiyo.gradient_quality.clip_fraction_negative),
-        ),
         Metric(
             "nonfinite_losses",
             UPDATE,
-            f"how many of {', '.join(LOSS_FIELDS)} are NaN or inf",
-            _per_update(_nonfinite_losses),
+            f"how many of {', '.join(derived.LOSS_FIELDS)} are NaN or inf",
+            _per_update(lambda s: float(derived.nonfinite_losses(s.tamiyo.latest))),
         ),
         Metric(
             "dead_layer_fraction",
             UPDATE,
             "dead_layers / total_layers",
-            _per_update(_layer_fraction("dead_layers")),
+            _per_update(lambda s: derived.layer_fraction(s.tamiyo.dead_layers, s.tamiyo.total_layers)),
         ),
         Metric(
             "exploding_layer_fraction",
             UPDATE,
             "exploding_layers / total_layers",
-            _per_update(_layer_fraction("exploding_layers")),
+            _per_update(lambda s: derived.layer_fraction(s.tamiyo.exploding_layers, s.tamiyo.total_layers)),
         ),
         Metric(
             "entropy_normalized",
             UPDATE,
-            "mean over heads of head entropy / ln(head size): 1 = uniform, 0 = deterministic",
-            _per_update(_entropy_normalized),
+            "Σ head entropy / Σ ln(head size): 1 = uniform, 0 = deterministic (docs/metrics.md)",
+            _per_update(lambda s: derived.entropy_fraction(s.tamiyo.head_entropy, _head_sizes(s))),
         ),
         Metric(
             "min_head_entropy_normalized",
             UPDATE,
             "the lowest head's entropy / ln(head size)",
-            _per_update(_min_head_entropy_normalized),
-        ),
-        Metric(
-            "gradient_cv",
-            MEASURED,
-            "minibatch-gradient coefficient of variation (every diagnostics_every updates)",
-            _gradient_cv,
-        ),
-        Metric(
-            "cuda_memory_fragmentation",
-            MEASURED,
-            "1 - allocated/reserved CUDA memory",
-            _cuda("cuda_memory_fragmentation"),
-        ),
-        Metric(
-            "cuda_memory_allocated_gb",
-            MEASURED,
-            "allocated CUDA memory, GB",
-            _cuda("cuda_memory_allocated_gb"),
-        ),
-        Metric(
-            "cuda_memory_reserved_gb", MEASURED, "reserved CUDA memory, GB", _cuda("cuda_memory_reserved_gb")
-        ),
-        Metric(
-            "cuda_memory_peak_gb", MEASURED, "peak allocated CUDA memory, GB", _cuda("cuda_memory_peak_gb")
+            _per_update(lambda s: derived.min_head_entropy_fraction(s.tamiyo.head_entropy, _head_sizes(s))),
         ),
         Metric(
             "memory_usage_percent",
             MEASURED,
             "allocated / reserved CUDA memory, percent",
-            _cuda("memory_usage_percent"),
+            _measured(_memory_usage_percent, cuda_step),
         ),
         Metric("fps", BATCH, "environment steps per second", _batch_attr("fps")),
         Metric(

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
+from bus.derived import RETURN_TREND_FLAT, RETURN_TREND_WINDOW
 from bus.liveness import SLOW_AFTER_PERIODS, STALE_AFTER_PERIODS
 
 
@@ -115,12 +116,6 @@ BANDS: tuple[Band, ...] = (
     MEMORY,
 )
 
-RETURN_TREND_WINDOW = 10
-"""The return trend compares the mean of the newest this-many batch returns with the ones before."""
-
-RETURN_TREND_FLAT = 0.02
-"""A trend within this share of the largest |return| in the window reads as flat (→)."""
-
 
 def rules() -> list[str]:
     """One line per threshold, for the help screen and docs/tui.md (a test keeps the two in step)."""
@@ -128,7 +123,7 @@ def rules() -> list[str]:
     lines += [
         f"head grad norm: dead (✗) < {_num(HEAD_GRAD_DEAD)}",
         f"warm-up: updates 0-{WARMUP_UPDATES - 1} show WARMING UP; only NaN/exploding grads raise FAIL",
-        "gradient CV: footer word only, never the banner status (healthy runs measured median 2.9)",
+        "gradient CV: footer word only, never the banner status (healthy range: docs/metrics.md)",
         "[Mem:NN%] colours only (dim ≤ 75, yellow > 75, red bold > 90); it never raises the status",
         "value loss: no threshold (its scale follows the returns); non-finite is FAIL",
         f"connection: SLOW after {_num(SLOW_AFTER_PERIODS)} heartbeat periods of silence, "

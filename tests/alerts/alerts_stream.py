@@ -10,9 +10,18 @@ import math
 import random
 from typing import Any
 
-from testkit.events import HEADS, T0, envelope, training_started
+from testkit.events import (
+    HEADS,
+    T0,
+    batch_completed,
+    envelope,
+    heartbeat,
+    ppo_update,
+    training_finished,
+    training_started,
+)
 
-from bus.contract import BatchCompleted, Envelope, Event, Heartbeat, PPOUpdate, TrainingFinished
+from bus.contract import Envelope, Event
 
 MEASURED = ("gradient_cv", "cuda_memory_fragmentation")
 
@@ -50,7 +59,6 @@ class Stream:
             self._measured["gradient_cv"] = overrides.get("gradient_cv", 0.4 + 0.2 * r.random())
             self._measured["cuda_memory_fragmentation"] = overrides.get("cuda_memory_fragmentation", 0.1)
         fields: dict[str, Any] = {
-            "update": u,
             "train_steps": u,
             "env_steps": u * 512,
             "policy_loss": r.gauss(0.0, 0.02),
@@ -70,26 +78,23 @@ class Stream:
             "cuda_memory_step": self._measured_step,
             "explained_variance": r.random(),
             "dead_layers": 0,
-            "exploding_layers": 0,
             "total_layers": 24,
-            "nan_grad_count": 0,
             "head_entropy": {
                 h: entropy_ratio * math.log(n) * (0.95 + 0.05 * r.random()) for h, n in HEADS.items()
             },
             "head_grad_norm": {h: abs(r.gauss(0.1, 0.02)) for h in HEADS},
-            "lr": 3e-4,
             "update_time_ms": 100.0 + r.random(),
         }
         for name, value in overrides.items():
             if name not in MEASURED:
                 fields[name] = value
-        return self.env(PPOUpdate(**fields))
+        return self.env(ppo_update(u, HEADS, **fields))
 
     def batch(self) -> Envelope:
         u = max(0, self.update - 1)
         return self.env(
-            BatchCompleted(
-                update=u,
+            batch_completed(
+                u,
                 env_steps=u * 512,
                 fps=5000.0,
                 step_time_ms=0.2,
@@ -103,16 +108,10 @@ class Stream:
 
     def heartbeat(self, *, dropped: int = 0) -> Envelope:
         return self.env(
-            Heartbeat(
-                period_s=1.0,
-                phase="update",
-                update=self.update,
-                uptime_s=self.ts - T0,
-                dropped=dropped,
-                dropped_since_last=0,
-                sent=self.seq,
+            heartbeat(
+                phase="update", update=self.update, uptime_s=self.ts - T0, dropped=dropped, sent=self.seq
             )
         )
 
     def finished(self) -> Envelope:
-        return self.env(TrainingFinished(reason="done", updates=self.update, env_steps=self.update * 512))
+        return self.env(training_finished(updates=self.update, env_steps=self.update * 512))

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from testkit.events import training_started
+from testkit.events import batch_completed, ppo_update, training_started
 from testkit.proc import Proc
 
 from bus.contract import BatchCompleted, PPOUpdate, TrainingStarted
@@ -22,40 +22,34 @@ def started(heads: dict[str, int] | None = None) -> TrainingStarted:
 
 def ppo(update: int, heads: dict[str, int] | None = None) -> PPOUpdate:
     heads = heads or HEADS
-    return PPOUpdate(
-        update=update,
+    measured_at = update - update % 10
+    return ppo_update(
+        update,
+        heads,
         train_steps=update,
-        env_steps=update * 512,
         policy_loss=0.01 * update,
         value_loss=0.5,
         entropy=8.0,
-        grad_norm=0.5,
-        kl_divergence=0.01,
         clip_fraction=0.1,
         clip_fraction_positive=0.05,
-        clip_fraction_negative=0.05,
         gradient_cv=0.5,
-        gradient_cv_step=update - update % 10,
+        gradient_cv_step=measured_at,
         cuda_memory_allocated_gb=0.0,
         cuda_memory_reserved_gb=0.0,
         cuda_memory_peak_gb=0.0,
         cuda_memory_fragmentation=0.0,
-        cuda_memory_step=update - update % 10,
-        explained_variance=0.3,
+        cuda_memory_step=measured_at,
         dead_layers=0,
-        exploding_layers=0,
         total_layers=24,
-        nan_grad_count=0,
         head_entropy={h: 1.0 + i for i, h in enumerate(heads)},
         head_grad_norm={h: 0.1 * (i + 1) for i, h in enumerate(heads)},
-        lr=3e-4,
         update_time_ms=100.0,
     )
 
 
 def batch(update: int) -> BatchCompleted:
-    return BatchCompleted(
-        update=update,
+    return batch_completed(
+        update,
         env_steps=update * 512,
         fps=5000.0,
         step_time_ms=0.2,

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from archiver_stream import read, wait_rows
-from testkit.proc import AFTER_EXIT_S, RUN_TIMEOUT_S, Proc, free_endpoint, real_producer
+from testkit.net import free_endpoint
+from testkit.proc import AFTER_EXIT_S, RUN_TIMEOUT_S, Proc, real_producer
 
 UPDATES = 8
 

@@ -26,7 +26,7 @@ from bus.state import (
 
 
 def test_infrastructure_metrics_defaults() -> None:
-    m = InfrastructureMetrics()
+    m = TamiyoState().infrastructure
     assert (m.cuda_memory_allocated_gb, m.cuda_memory_reserved_gb) == (0.0, 0.0)
     assert (m.cuda_memory_peak_gb, m.cuda_memory_fragmentation) == (0.0, 0.0)
     assert (m.compile_enabled, m.compile_backend, m.compile_mode) == (False, "", "")
@@ -34,7 +34,7 @@ def test_infrastructure_metrics_defaults() -> None:
 
 
 def test_gradient_quality_metrics_defaults() -> None:
-    m = GradientQualityMetrics()
+    m = TamiyoState().gradient_quality
     assert (m.gradient_cv, m.clip_fraction_positive, m.clip_fraction_negative) == (0.0, 0.0, 0.0)
     assert m.gradient_cv_step == -1
 
@@ -52,7 +52,8 @@ def test_tamiyo_state_has_nested_metrics() -> None:
     [(4.2, 8.0, 52.5), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (3.0, 3.0, 100.0)],
 )
 def test_memory_usage_percent(allocated: float, reserved: float, percent: float) -> None:
-    m = InfrastructureMetrics(cuda_memory_allocated_gb=allocated, cuda_memory_reserved_gb=reserved)
+    ev = ppo_update(cuda_memory_allocated_gb=allocated, cuda_memory_reserved_gb=reserved)
+    m = InfrastructureMetrics(ev)
     assert m.memory_usage_percent == pytest.approx(percent)
 
 

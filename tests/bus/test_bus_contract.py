@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import typing
 
 import msgspec
 import pytest
-from bus_factories import ALL_EVENTS, envelope, ppo_update, replay_end
+from bus_factories import ALL_EVENTS, envelope, heartbeat, ppo_update, replay_end, training_finished
 
 from bus.contract import (
     EVENT_TYPES,
@@ -95,6 +96,35 @@ def test_unknown_fields_are_skipped() -> None:
     raw["event"]["new_metric"] = 1.25
     env = decode(msgspec.msgpack.encode(raw))
     assert env.seq == 3 and env.event == ppo_update(update=9)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"), [(heartbeat, "phase"), (training_finished, "reason")], ids=["phase", "reason"]
+)
+def test_closed_sets_decode_every_known_value_and_refuse_others(make, field) -> None:  # type: ignore[no-untyped-def]
+    """``phase`` and ``reason`` are Literals: each value of the set round-trips, any other is invalid."""
+    values = typing.get_args(
+        typing.get_args(typing.get_type_hints(type(make()), include_extras=True)[field])[0]
+    )
+    assert values  # the set itself, read from the contract
+    for value in values:
+        body = encode_body(envelope(1, make(**{field: value})))
+        assert getattr(decode(body).event, field) == value
+        assert _raw(body)["event"][field] == value  # on the wire: the plain string
+    raw = _raw(encode_body(envelope(1, make())))
+    raw["event"][field] = "from-a-newer-producer"
+    with pytest.raises(WireError) as err:
+        decode(msgspec.msgpack.encode(raw))
+    assert err.value.kind == "invalid"
+
+
+def test_the_catalogue_annotations_leave_the_wire_bytes_unchanged() -> None:
+    """Units and meanings live in the type hints only: the body is the plain map of the field values."""
+    for event in ALL_EVENTS:
+        env = envelope(5, event)
+        plain = {"schema": env.schema, "run_id": env.run_id, "seq": env.seq, "ts": env.ts}
+        plain["event"] = {"type": type(event).__struct_config__.tag, **msgspec.structs.asdict(event)}
+        assert encode_body(env) == msgspec.msgpack.encode(plain)
 
 
 def test_missing_optional_fields_take_their_defaults() -> None:

@@ -10,16 +10,25 @@ import sys
 import threading
 from pathlib import Path
 
-from bus_factories import ppo_update, training_started, wait_until
+from bus_factories import ppo_update, training_started
+from testkit.wait import wait_until
 
-from bus.contract import EVENT_TYPES, Envelope, ReplayEnd
+from bus import catalogue
+from bus.contract import EVENT_TYPES, BatchCompleted, Envelope, PPOUpdate, ReplayEnd
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "wire.md"
+METRICS_DOC = DOC.with_name("metrics.md")
+TABLE_IN: dict[type, Path] = {PPOUpdate: METRICS_DOC, BatchCompleted: METRICS_DOC}
+"""Where each event's field table is (docs/wire.md unless named): the per-update and per-batch
+metrics are documented beside their computation, so a new metric touches one doc."""
 
 
 def _section(text: str, heading: str) -> str:
+    """From ``heading`` to the next heading of its level or above."""
     start = text.index(heading)
-    end = text.find("\n### ", start + len(heading))
+    level = heading.split(" ", 1)[0]
+    ends = [text.find(f"\n{'#' * n} ", start + len(heading)) for n in range(1, len(level) + 1)]
+    end = min((e for e in ends if e != -1), default=-1)
     return text[start : end if end != -1 else None]
 
 
@@ -27,12 +36,37 @@ def _table_fields(section: str) -> set[str]:
     return set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
 
 
+def _table_section(event_type: type) -> str:
+    tag = event_type.__struct_config__.tag
+    path = TABLE_IN.get(event_type, DOC)
+    return _section(path.read_text(), f"{'##' if path == METRICS_DOC else '###'} `{tag}`")
+
+
 def test_every_event_field_is_documented_in_its_section() -> None:
+    for event_type in EVENT_TYPES:
+        documented = _table_fields(_table_section(event_type))
+        assert documented == set(event_type.__struct_fields__), event_type.__struct_config__.tag
+
+
+def test_the_field_tables_are_the_catalogue_s() -> None:
+    """Each event's table is exactly what ``python -m bus.catalogue --markdown`` prints for it."""
+    for event_type in EVENT_TYPES:
+        section = _table_section(event_type)
+        assert catalogue.table(event_type) in section, "regenerate with python -m bus.catalogue --markdown"
+
+
+def test_wire_md_has_a_section_for_every_event_type() -> None:
     text = DOC.read_text()
     for event_type in EVENT_TYPES:
-        tag = event_type.__struct_config__.tag
-        documented = _table_fields(_section(text, f"### `{tag}`"))
-        assert documented == set(event_type.__struct_fields__), tag
+        assert f"### `{event_type.__struct_config__.tag}`" in text
+
+
+def test_every_field_has_a_meaning_in_the_contract() -> None:
+    for event_type in EVENT_TYPES:
+        for f in catalogue.fields(event_type):
+            assert f.description, f"{f.event}.{f.name} has no description"
+            if f.throttled:
+                assert f.measured_at in event_type.__struct_fields__, f.name
 
 
 def test_envelope_and_replay_end_are_documented() -> None:
@@ -74,3 +108,9 @@ def test_the_plain_messagepack_client_in_the_docs_reads_history_and_live_updates
         proc.wait(timeout=10)
     updates = [line for line in seen if line.startswith("seq")]
     assert [int(re.search(r"update (\d+)", line).group(1)) for line in updates] == [1, 2, 3, 4]  # type: ignore[union-attr]
+
+
+def test_the_markdown_command_prints_every_table(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert catalogue.main(["--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert all(catalogue.table(event_type) in out for event_type in EVENT_TYPES)

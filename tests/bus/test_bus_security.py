@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-from bus_factories import heartbeat, ppo_update, wait_until
+from bus_factories import heartbeat, ppo_update
+from testkit.wait import wait_until
 
 from bus import keys
 from bus.endpoint import EndpointError, check_bind, is_loopback

@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from bus_factories import ppo_update, training_started, wait_until
+from bus_factories import ppo_update, training_started
+from testkit.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSUMER = Path(__file__).with_name("consumer_proc.py")

@@ -8,14 +8,8 @@ from collections.abc import Callable
 import msgspec
 import pytest
 import zmq
-from bus_factories import (
-    batch_completed,
-    envelope,
-    heartbeat,
-    ppo_update,
-    training_started,
-    wait_until,
-)
+from bus_factories import batch_completed, envelope, heartbeat, ppo_update, training_started
+from testkit.wait import wait_until
 
 from bus.aggregator import Aggregator
 from bus.contract import SCHEMA_VERSION, Envelope, Event

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bus_factories import ppo_update, training_started, wait_until
+from bus_factories import ppo_update, training_started
+from testkit.net import free_port
+from testkit.wait import wait_until
 
 from bus.aggregator import Aggregator
 
@@ -30,12 +32,6 @@ def _why_not() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
@@ -63,7 +59,7 @@ def sshd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)]
         subprocess.run(keygen, check=True)
     (tmp_path / "authorized_keys").write_text((tmp_path / "client_key.pub").read_text())
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host_key'}\n"
@@ -102,7 +98,7 @@ def test_consumer_reads_through_an_ssh_tunnel_and_survives_it_being_reopened(
     ssh_port, key = sshd
     pub = make_publisher("run-ssh")
     bus_port = int(pub.bound_endpoint.rsplit(":", 1)[1])
-    local = _free_port()
+    local = free_port()
     tunnel = _tunnel(ssh_port, key, local, bus_port)
     try:
         sub = make_subscriber(f"tcp://127.0.0.1:{local}")

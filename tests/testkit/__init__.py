@@ -1,1 +1,1 @@
-"""Helpers shared by the test folders: synthetic contract events and child processes with deadlines."""
+"""Helpers shared by the test folders: contract events, child processes, free ports and deadline waits."""

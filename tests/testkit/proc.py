@@ -7,7 +7,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,13 +21,6 @@ RUN_TIMEOUT_S = 120.0
 """For a real producer's short run (torch import, training)."""
 AFTER_EXIT_S = 30.0
 """Once a producer has exited, its last events are in flight for at most this long."""
-
-
-def free_endpoint() -> str:
-    """A loopback endpoint on a port that was free a moment ago, for a producer and its consumer to share."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Proc:

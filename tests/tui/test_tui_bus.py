@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from testkit.wait import pilot_wait_until
 from tui_helpers import async_test, settle
 from tui_synth import batch, heartbeat, ppo, started
 
@@ -15,12 +14,7 @@ DEADLINE_S = 20.0
 
 
 async def wait_for(pilot, condition, what: str) -> None:
-    """Let the app run until ``condition()`` holds; fail with ``what`` after DEADLINE_S."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
+    await pilot_wait_until(pilot, condition, what, DEADLINE_S)
 
 
 def publisher(run_id: str, endpoint: str = "tcp://127.0.0.1:*") -> BusPublisher:

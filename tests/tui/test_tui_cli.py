@@ -8,7 +8,6 @@ import os
 import pty
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -17,15 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from testkit.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TuiProcess:

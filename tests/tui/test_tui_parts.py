@@ -11,10 +11,10 @@ from textual.theme import BUILTIN_THEMES
 from tui_synth import HEADS, Run, head_entropies, healthy_run, ppo, started
 
 from bus.aggregator import fold_all
+from bus.derived import entropy_fraction, head_entropy_fractions, return_trend
 from bus.endpoint import EndpointError
 from consumers.tui import thresholds as th
 from consumers.tui.__main__ import check_endpoint
-from consumers.tui.derive import entropy_fraction, head_entropy_fraction, return_trend
 from consumers.tui.health import assess
 from consumers.tui.thresholds import Level
 from consumers.tui.widgets.palette import DARK, LIGHT
@@ -54,18 +54,18 @@ def test_entropy_is_normalised_once_per_head():
     fracs = {"op": 0.9, "blueprint": 0.2, "tempo": 0.5}
     nats = {h: f * math.log(HEADS[h]) for h, f in fracs.items()}
     snap = fold_all([run.env(started()), run.env(ppo(0, head_entropy=nats))])
-    per_head = head_entropy_fraction(snap)
+    per_head = head_entropy_fractions(snap.tamiyo.head_entropy, snap.tamiyo.head_sizes)
     assert per_head == pytest.approx(fracs)
     # The policy's fraction weighs heads by their maximum, as the sum of nats over the sum of ln(size).
     expected = sum(nats.values()) / sum(math.log(HEADS[h]) for h in fracs)
-    assert entropy_fraction(snap) == pytest.approx(expected)
+    assert entropy_fraction(snap.tamiyo.head_entropy, snap.tamiyo.head_sizes) == pytest.approx(expected)
 
 
 def test_entropy_without_head_sizes_is_unknown_not_guessed():
     run = Run()
     snap = fold_all([run.env(ppo(0))])  # joined without training_started
-    assert entropy_fraction(snap) is None
-    assert set(head_entropy_fraction(snap).values()) == {None}
+    assert entropy_fraction(snap.tamiyo.head_entropy, snap.tamiyo.head_sizes) is None
+    assert set(head_entropy_fractions(snap.tamiyo.head_entropy, snap.tamiyo.head_sizes).values()) == {None}
 
 
 def test_head_of_size_one_has_no_fraction():
@@ -73,8 +73,8 @@ def test_head_of_size_one_has_no_fraction():
     ts = started()
     ts.action_heads["fixed"] = 1
     snap = fold_all([run.env(ts), run.env(ppo(0, head_entropy={**head_entropies(0.5), "fixed": 0.0}))])
-    assert head_entropy_fraction(snap)["fixed"] is None
-    assert entropy_fraction(snap) == pytest.approx(0.5)
+    assert head_entropy_fractions(snap.tamiyo.head_entropy, snap.tamiyo.head_sizes)["fixed"] is None
+    assert entropy_fraction(snap.tamiyo.head_entropy, snap.tamiyo.head_sizes) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(

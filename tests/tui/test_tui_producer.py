@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
+from testkit.net import free_port
+from testkit.wait import pilot_wait_until
 from tui_helpers import async_test, settle
 
 from consumers.tui.app import TamiyoApp
@@ -21,12 +21,6 @@ DEADLINE_S = 150.0
 EXITED_GRACE_S = 5.0
 """After the producer has exited, what it sent is in flight for at most this long."""
 BANNER = re.compile(r"tamiyo: publishing on (\S+) \(run (\S+)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Producer:
@@ -85,13 +79,10 @@ def shown_update(text: str) -> int:
 
 
 async def wait_for(pilot, condition, what: str, producer: Producer) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out waiting for {what}; producer stderr: {''.join(producer.stderr)[-2000:]}"
-            )
-        await pilot.pause(0.1)
+    def stderr() -> str:
+        return f"; producer stderr: {''.join(producer.stderr)[-2000:]}"
+
+    await pilot_wait_until(pilot, condition, what, DEADLINE_S, stderr)
 
 
 @async_test

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from testkit import events
 from testkit.events import HEADS, envelope, training_started
 
 from bus.contract import (
@@ -59,12 +60,12 @@ def head_entropies(fraction: float, spread: float = 0.0) -> dict[str, float]:
 
 
 def ppo(update: int, **overrides: object) -> PPOUpdate:
-    """A healthy update; ``overrides`` replace any field."""
+    """A healthy update (testkit's, with this dashboard run's values); ``overrides`` replace any field."""
     wobble = math.sin(update * 0.7)
     frac = 0.8 - 0.002 * update
     heads = head_entropies(frac, spread=0.3)
-    fields: dict[str, object] = dict(
-        update=update,
+    measured_at = (update // 10) * 10
+    values: dict[str, object] = dict(
         train_steps=update * 16,
         env_steps=(update + 1) * 256,
         policy_loss=-0.01 + 0.002 * wobble,
@@ -72,35 +73,25 @@ def ppo(update: int, **overrides: object) -> PPOUpdate:
         entropy=sum(heads.values()),
         grad_norm=0.8 + 0.1 * wobble,
         kl_divergence=0.008 + 0.002 * wobble,
-        clip_fraction=0.15,
-        clip_fraction_positive=0.10,
-        clip_fraction_negative=0.05,
-        gradient_cv=0.42,
-        gradient_cv_step=(update // 10) * 10,
+        gradient_cv_step=measured_at,
         cuda_memory_allocated_gb=0.0,
         cuda_memory_reserved_gb=0.0,
         cuda_memory_peak_gb=0.0,
         cuda_memory_fragmentation=0.0,
-        cuda_memory_step=(update // 10) * 10,
+        cuda_memory_step=measured_at,
         explained_variance=min(0.9, 0.1 + 0.03 * update),
         dead_layers=0,
-        exploding_layers=0,
-        total_layers=14,
-        nan_grad_count=0,
         head_entropy=heads,
         head_grad_norm={
             name: 0.05 + 0.04 * abs(math.sin(i * 1.7)) + 0.005 * wobble for i, name in enumerate(HEADS)
         },
-        lr=3e-4,
         update_time_ms=120.0,
     )
-    fields.update(overrides)
-    return PPOUpdate(**fields)  # type: ignore[arg-type]
+    return events.ppo_update(update, HEADS, **{**values, **overrides})
 
 
 def batch(update: int, **overrides: object) -> BatchCompleted:
-    fields: dict[str, object] = dict(
-        update=update,
+    values: dict[str, object] = dict(
         env_steps=(update + 1) * 256,
         fps=2000.0 + 50 * math.sin(update),
         step_time_ms=2.0,
@@ -110,24 +101,15 @@ def batch(update: int, **overrides: object) -> BatchCompleted:
         return_min=-3.0 + 0.05 * update,
         return_max=1.0 + 0.05 * update,
     )
-    fields.update(overrides)
-    return BatchCompleted(**fields)  # type: ignore[arg-type]
+    return events.batch_completed(update, **{**values, **overrides})
 
 
 def heartbeat(phase: str = "rollout", update: int = 0, period_s: float = 1.0) -> Heartbeat:
-    return Heartbeat(
-        period_s=period_s,
-        phase=phase,
-        update=update,
-        uptime_s=60.0 + update,
-        dropped=0,
-        dropped_since_last=0,
-        sent=0,
-    )
+    return events.heartbeat(period_s=period_s, phase=phase, update=update, uptime_s=60.0 + update)
 
 
 def finished(reason: str = "done", updates: int = 0, error: str = "") -> TrainingFinished:
-    return TrainingFinished(reason=reason, updates=updates, env_steps=updates * 256, error=error)
+    return events.training_finished(reason=reason, updates=updates, env_steps=updates * 256, error=error)
 
 
 def healthy_run(run: Run, updates: int = 40, **started_kw: object) -> list[Envelope]:

@@ -6,8 +6,8 @@ import math
 
 from textual.content import Content
 
+from bus.derived import head_entropy_fractions
 from consumers.tui import thresholds as th
-from consumers.tui.derive import head_entropy_fraction, head_sizes
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.palette import Palette
@@ -61,11 +61,11 @@ class HeadsPanel(Panel):
     def draw(self, view: View, width: int, height: int) -> Content | Lines:
         s = view.snapshot
         p = view.palette
-        sizes = head_sizes(s)
+        sizes = s.tamiyo.head_sizes
         names = list(sizes) or list(s.tamiyo.head_entropy)
         if not names:
             return styled("no action heads yet (they come with training_started)", p.dim)
-        fractions = head_entropy_fraction(s)
+        fractions = head_entropy_fractions(s.tamiyo.head_entropy, sizes)
         grads = s.tamiyo.head_grad_norm
         name_w = max(len(n) for n in names)
         # name, entropy value (5), grad value (8), glyph (1) and four separating spaces

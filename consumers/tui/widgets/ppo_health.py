@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from textual.content import Content
 
+from bus.derived import entropy_fraction
 from consumers.tui import thresholds as th
-from consumers.tui.derive import entropy_fraction
 from consumers.tui.thresholds import Band, Level
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel
@@ -49,7 +49,7 @@ def rows(view: View, wide: bool) -> list[Row]:
     t = view.snapshot.tamiyo
     h = t.history
     gq = t.gradient_quality
-    frac = entropy_fraction(view.snapshot)
+    frac = entropy_fraction(t.head_entropy, t.head_sizes)
     if frac is not None:
         nats = f"({fmt(t.entropy)} nats)" if wide else ""
         ent = Row("Entropy", "Entropy", frac, f"{frac:.2f}", nats, th.ENTROPY, 0, 1, h["entropy"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.content import Content
 
+from bus.derived import return_trend
 from bus.liveness import FINISHED, LIVE, SLOW, STALE, WAITING
-from consumers.tui.derive import return_trend
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel

@@ -1,0 +1,64 @@
+"""bus.derived against independent computations: numpy over explicit distributions, and hand-worked cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from bus_factories import ppo_update
+
+from bus import derived
+
+
+def _entropy(p: np.ndarray) -> float:
+    return float(-(p * np.log(p)).sum())
+
+
+def test_entropy_fraction_is_the_joint_action_s_normalised_entropy() -> None:
+    """Σ H / Σ ln n equals H(joint) / ln(joint size) of the product distribution, computed by numpy."""
+    rng = np.random.default_rng(0)
+    sizes = {"op": 6, "blueprint": 13, "tempo": 3}
+    dists = {h: rng.dirichlet(np.ones(n)) for h, n in sizes.items()}
+    head_entropy = {h: _entropy(p) for h, p in dists.items()}
+    joint = np.einsum("i,j,k->ijk", dists["op"], dists["blueprint"], dists["tempo"]).ravel()
+    expected = _entropy(joint) / math.log(joint.size)
+    assert derived.entropy_fraction(head_entropy, sizes) == pytest.approx(expected)
+    per_head = derived.head_entropy_fractions(head_entropy, sizes)
+    assert per_head == pytest.approx({h: _entropy(p) / np.log(sizes[h]) for h, p in dists.items()})
+    assert derived.min_head_entropy_fraction(head_entropy, sizes) == pytest.approx(min(per_head.values()))
+
+
+def test_entropy_fraction_hand_worked_and_edge_cases() -> None:
+    # op uniform (ln 6), tempo deterministic (0): (ln 6 + 0) / (ln 6 + ln 3) = 0.6199...
+    assert derived.entropy_fraction(
+        {"op": math.log(6), "tempo": 0.0}, {"op": 6, "tempo": 3}
+    ) == pytest.approx(0.6199, abs=1e-4)
+    assert derived.entropy_fraction({"op": 1.0}, {}) is None  # sizes unknown: not guessed
+    assert derived.head_entropy_fractions({"fixed": 0.0}, {"fixed": 1}) == {"fixed": None}
+    assert derived.min_head_entropy_fraction({"fixed": 0.0}, {"fixed": 1}) is None
+
+
+def test_layer_fraction_and_memory_percent() -> None:
+    assert derived.layer_fraction(3, 24) == 0.125
+    assert derived.layer_fraction(0, 0) is None
+    assert derived.memory_usage_percent(4.2, 8.0) == pytest.approx(52.5)
+    assert derived.memory_usage_percent(1.0, 0.0) == 0.0
+
+
+def test_nonfinite_losses_counts_each_loss_field() -> None:
+    assert derived.nonfinite_losses(ppo_update()) == 0
+    ev = ppo_update(policy_loss=float("nan"), grad_norm=float("inf"), lr=float("nan"))  # lr is no loss
+    assert derived.nonfinite_losses(ev) == int(
+        np.sum(~np.isfinite([getattr(ev, n) for n in derived.LOSS_FIELDS]))
+    )
+    assert derived.nonfinite_losses(ev) == 2
+
+
+def test_return_trend_is_the_difference_of_window_means() -> None:
+    rng = np.random.default_rng(1)
+    history = list(rng.normal(size=37))
+    delta, _ = derived.return_trend(history)
+    assert delta == pytest.approx(np.mean(history[-10:]) - np.mean(history[-20:-10]))
+    assert derived.return_trend([1.0, 3.0]) == (2.0, "↗")  # short: two halves of one
+    assert derived.return_trend([5.0, 5.05] * 10)[1] == "→"  # within 2% of the largest |return|
