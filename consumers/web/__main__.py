@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         address.host,
         address.port,
         title=f"Tamiyo dashboard ({args.endpoint})",
+        url=address.url,
         public_url=args.public_url,
         loopback_only=address.loopback,
     )

@@ -36,9 +36,18 @@ class DashboardServer(Server):
     """
 
     def __init__(
-        self, command: str, host: str, port: int, *, title: str, public_url: str | None, loopback_only: bool
+        self,
+        command: str,
+        host: str,
+        port: int,
+        *,
+        title: str,
+        url: str,
+        public_url: str | None,
+        loopback_only: bool,
     ) -> None:
-        super().__init__(command, host=host, port=port, title=title, public_url=public_url)
+        """``url`` is where the server listens (for the banner); ``public_url`` fixes the page's URLs."""
+        super().__init__(command, host=host, port=port, title=title, public_url=public_url or url)
         self.fixed_public_url = public_url
         self.loopback_only = loopback_only
         self._sessions: set[asyncio.Task[object]] = set()
