@@ -92,6 +92,12 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     head_grad_norm: dict[str, float]
     lr: float
     update_time_ms: float
+    compute_time_ms: float = 0.0
+    """This rank's forward+backward time summed over the update's minibatches, up to the moment its
+    gradients were all computed (before the gradient all-reduce); ms."""
+    collective_wait_ms: float = 0.0
+    """Time this rank spent in the gradient all-reduce, summed over the update's minibatches (mostly
+    waiting for the slowest rank); ms, 0 in a single process."""
 
 
 class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):
@@ -118,6 +124,9 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     dropped: int
     dropped_since_last: int
     sent: int
+    progress_age_s: float | None = None
+    """Seconds since the training loop last made progress (an env step or a minibatch); None from a
+    producer that does not report it, and before its training loop has started."""
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):
@@ -156,6 +165,8 @@ class Envelope(msgspec.Struct, kw_only=True, gc=False):
     seq: Annotated[int, msgspec.Meta(ge=0)]
     ts: Annotated[float, msgspec.Meta(ge=0)]
     event: Event
+    rank: int = 0
+    """The torch.distributed rank that published it (0 in a single process); seq counts per rank."""
 
 
 class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
@@ -165,6 +176,8 @@ class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
     run_id: str
     last_seq: int
     count: int
+    rank: int = 0
+    """The rank whose replay this ends (each rank's publisher replays its own history)."""
 
 
 def topic_of(event: Event) -> str:
