@@ -21,7 +21,9 @@ def forwarder() -> Iterator[tuple[str, str]]:
     backend.bind("tcp://127.0.0.1:*")
     control.bind("inproc://forwarder-control")
     steer.connect("inproc://forwarder-control")
-    thread = threading.Thread(target=zmq.proxy_steerable, args=(frontend, backend, None, control), daemon=True)
+    thread = threading.Thread(
+        target=zmq.proxy_steerable, args=(frontend, backend, None, control), daemon=True
+    )
     thread.start()
     try:
         yield (

@@ -231,7 +231,11 @@ def test_bus_telemetry_connects_to_a_forwarder_and_stamps_its_rank(forwarder: tu
             ):
                 got += sub.receive(0.1)
         envelopes = [i for i in got if hasattr(i, "rank")]
-        assert envelopes and {e.rank for e in envelopes} == {3} and {e.run_id for e in envelopes} == {"run-ranked"}
+        assert (
+            envelopes
+            and {e.rank for e in envelopes} == {3}
+            and {e.run_id for e in envelopes} == {"run-ranked"}
+        )
     finally:
         tm.close()
 
