@@ -28,7 +28,7 @@ from bus.wire import (
     replay_topic,
 )
 
-ENVELOPE_KEYS = {"schema", "run_id", "seq", "ts", "event"}
+ENVELOPE_KEYS = {"schema", "run_id", "seq", "ts", "event", "rank"}
 
 
 def _raw(body: bytes) -> dict:
