@@ -20,7 +20,7 @@ from bus.endpoint import EndpointError
 from bus.security import SecurityError, add_security_arguments
 from producer import publisher as events
 from producer.config import TrainConfig, add_config_arguments
-from producer.faults import add_fault_arguments, check_faults
+from producer.faults import add_fault_arguments, check_fault_ranks
 from producer.world import FORWARDER_FRONTEND, World, world_from_env
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def config_from_args(argv: Sequence[str] | None, world: World | None = None) -> 
     if cfg.connect and (cfg.allow_remote or cfg.curve_keys):
         problems.append("--allow-remote and --curve-keys secure a bound --endpoint; --connect binds nothing")
     if world is not None:
-        problems += [p for p in check_faults(cfg.faults, world.world_size) if "no rank" in p]
+        problems += check_fault_ranks(cfg.faults, world.world_size)
     if problems:
         parser.error("; ".join(problems))
     return cfg

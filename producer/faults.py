@@ -94,18 +94,25 @@ def parse_fault(text: str) -> Fault:
     return Fault(name, int(at), int(arg))
 
 
-def check_faults(texts: Iterable[str], world_size: int | None = None) -> list[str]:
-    """What is wrong with these ``--fault`` specs (in a world of ``world_size`` ranks, when given)."""
+def check_faults(texts: Iterable[str]) -> list[str]:
+    """What is wrong with these ``--fault`` specs; empty when they all parse."""
     problems = []
     for text in texts:
         try:
-            fault = parse_fault(text)
+            parse_fault(text)
         except argparse.ArgumentTypeError as exc:
             problems.append(f"--fault: {exc}")
-            continue
-        if world_size is not None and fault.rank is not None and fault.rank >= world_size:
-            problems.append(f"--fault {text}: there is no rank {fault.rank} in a world of {world_size}")
     return problems
+
+
+def check_fault_ranks(texts: Iterable[str], world_size: int) -> list[str]:
+    """The (parsed) ``--fault`` specs that name a rank outside a world of ``world_size`` ranks."""
+    faults = [parse_fault(text) for text in texts]
+    return [
+        f"--fault {fault}: there is no rank {fault.rank} in a world of {world_size}"
+        for fault in faults
+        if fault.rank is not None and fault.rank >= world_size
+    ]
 
 
 class Faults:

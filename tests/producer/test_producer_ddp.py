@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -78,7 +79,10 @@ def ranks(forwarder: tuple[str, str]) -> Iterator[Callable[..., tuple[Proc, Feed
 
     yield start
     for proc, feed in started:
-        proc.kill()
+        try:
+            proc.stop(signal.SIGTERM, 60)  # torchrun passes it on; SIGKILL would orphan the ranks
+        except subprocess.TimeoutExpired:
+            proc.kill()
         feed.close()
 
 

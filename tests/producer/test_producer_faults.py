@@ -1,15 +1,22 @@
-"""--fault KIND[:ARG]@UPDATE: parsing, bad specs, when a fault acts, and slow_rank/hang in a real trainer."""
+"""--fault KIND[:ARG]@UPDATE: parsing, bad specs, when a fault acts, slow_rank and hang in a real trainer."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
-from testkit.proc import ROOT
+import zmq
+from testkit.proc import ROOT, Proc
 
+from bus.contract import LIVE_TOPIC_PREFIXES, Heartbeat, PPOUpdate, TrainingFinished
+from bus.wire import decode
 from producer.config import TrainConfig
 from producer.faults import (
     KINDS,
@@ -17,12 +24,13 @@ from producer.faults import (
     Fault,
     FaultContext,
     Faults,
-    check_faults,
+    check_fault_ranks,
     parse_fault,
     register,
 )
 from producer.trainer import Trainer
 
+TINY = ["--n-envs", "4", "--rollout-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
 SMALL = {"n_envs": 4, "rollout_steps": 8, "max_epochs": 5, "num_minibatches": 2, "update_epochs": 2}
 
 
@@ -55,8 +63,8 @@ def test_bad_specs_say_what_is_wrong(text: str, message: str) -> None:
 
 
 def test_a_rank_outside_the_world_is_refused() -> None:
-    assert check_faults(["slow_rank:1@2"], world_size=2) == []
-    assert check_faults(["slow_rank:2@2"], world_size=2) == [
+    assert check_fault_ranks(["slow_rank:1@2", "hang@2"], world_size=2) == []
+    assert check_fault_ranks(["slow_rank:2@2"], world_size=2) == [
         "--fault slow_rank:2@2: there is no rank 2 in a world of 2"
     ]
     assert TrainConfig(faults=("hang@0",)).validate() == [
@@ -134,3 +142,52 @@ def test_hang_holds_the_update_until_interrupted_and_the_update_then_stops() -> 
     trainer.rollout()
     assert trainer.update(interrupted) is None  # held in its first minibatch, then stopped at the next check
     assert polls >= 4 and trainer.train_steps == 1
+
+
+def test_a_hung_trainer_heartbeats_a_growing_progress_age_until_sigterm() -> None:
+    proc = Proc(
+        "producer",
+        "--endpoint",
+        "tcp://127.0.0.1:*",
+        "--updates",
+        "100",
+        "--fault",
+        "hang@2",
+        "--wait-for-subscriber",
+        "30",
+        *TINY,
+    )
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        endpoint, _ = proc.banner(60)
+        for prefix in LIVE_TOPIC_PREFIXES:
+            sock.subscribe(prefix.encode())
+        sock.connect(endpoint)
+        events: list[Any] = []
+
+        def stuck() -> list[float]:
+            return [
+                e.progress_age_s
+                for e in events
+                if isinstance(e, Heartbeat) and e.phase == "update" and e.update == 2 and e.progress_age_s
+            ]
+
+        def receive_until(done: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 120
+            while not done():
+                assert time.monotonic() < deadline, f"no {what}\n{proc.describe()}"
+                if sock.poll(200):
+                    events.append(decode(sock.recv_multipart()[1]).event)
+
+        receive_until(lambda: len(stuck()) >= 3, "3 heartbeats inside the hung update")
+        ages = stuck()
+        assert ages == sorted(ages) and ages[-1] - ages[0] >= 1.0, ages  # 1 s apart, no progress between
+        assert [e.update for e in events if isinstance(e, PPOUpdate)] == [1]
+        proc.proc.send_signal(signal.SIGTERM)
+        receive_until(lambda: isinstance(events[-1], TrainingFinished), "training_finished")
+        assert proc.wait(30) == 143
+        assert events[-1].reason == "interrupted" and events[-1].updates == 1
+    finally:
+        sock.close(0)
+        proc.kill()
