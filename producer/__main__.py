@@ -94,10 +94,13 @@ def config_from_args(argv: Sequence[str] | None, world: World | None = None) -> 
     problems = cfg.validate()
     if cfg.summary_json and not Path(cfg.summary_json).resolve().parent.is_dir():
         problems.append(f"--summary-json: directory of {cfg.summary_json!r} does not exist")
-    if cfg.connect and (cfg.allow_remote or cfg.curve_keys):
-        problems.append("--allow-remote and --curve-keys secure a bound --endpoint; --connect binds nothing")
-    if world is not None:
-        problems += check_fault_ranks(cfg.faults, world.world_size)
+    world = world or World()
+    if (cfg.connect or world.distributed) and (cfg.allow_remote or cfg.curve_keys):
+        problems.append(
+            "--allow-remote and --curve-keys secure a bound --endpoint; --connect (and torchrun's ranks, "
+            "which connect to a forwarder) bind nothing"
+        )
+    problems += check_fault_ranks(cfg.faults, world.world_size)
     if problems:
         parser.error("; ".join(problems))
     return cfg
@@ -315,12 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # zmq.ZMQError and friends: a port in use, a bad address
         err.write(f"tamiyo: cannot {'connect to' if connect else 'bind'} {connect or cfg.endpoint}: {exc}\n")
         return end_group(group, 1)
-    if not telemetry.endpoint:
+    if world.rank > 0:
+        pass  # rank 0 speaks for the ranks
+    elif not telemetry.endpoint:
         err.write(f"tamiyo: telemetry off (run {run_id})\n")
     elif world.distributed:
-        if world.rank == 0:
-            ranks = world.world_size
-            err.write(f"tamiyo: {ranks} ranks publishing through {telemetry.endpoint} (run {run_id})\n")
+        ranks = world.world_size
+        err.write(f"tamiyo: {ranks} ranks publishing through {telemetry.endpoint} (run {run_id})\n")
     elif connect:
         err.write(f"tamiyo: publishing through {telemetry.endpoint} (run {run_id})\n")
     else:
