@@ -11,6 +11,8 @@ ENDPOINT ?= $(or $(TAMIYO_ENDPOINT),tcp://127.0.0.1:5555)
 ARGS ?=
 OUT ?= runs
 WEB ?= 127.0.0.1:8000
+# NPROC=2 (or more): train under torchrun, one DDP rank per process, each publishing to `make bus`.
+NPROC ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install train tui web archive alerts bench test lint clean
@@ -19,6 +21,7 @@ help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/archive/alerts), ENDPOINT=$(ENDPOINT), WEB=$(WEB),"
 	@echo "             OUT=$(OUT), TORCH=$(TORCH)"
+	@echo "             NPROC=$(NPROC) (train: NPROC>1 runs torchrun, its ranks publish through make bus)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +34,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install everything (done by the other targets on first use)
 
 train: $(VENV)/.installed ## Train Tamiyo and publish telemetry on ENDPOINT (flags: ARGS="--updates 500 ...")
+ifeq ($(filter-out 1,$(NPROC)),)
 	$(BIN)/python -m producer --endpoint $(ENDPOINT) $(ARGS)
+else
+	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m producer $(ARGS)
+endif
 
 tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port)
 	$(BIN)/python -m consumers.tui --endpoint $(ENDPOINT) $(ARGS)

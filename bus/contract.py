@@ -158,6 +158,13 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     head_grad_norm: Annotated[dict[str, float], _m("gradient L2 norm of each head's parameters")]
     lr: Annotated[float, _m("learning rate used by this update")]
     update_time_ms: Annotated[float, _m("wall time the update took", "ms")]
+    compute_time_ms: Annotated[
+        float,
+        _m("this rank's forward+backward time in the update, before the gradient all-reduce", "ms"),
+    ] = 0.0
+    collective_wait_ms: Annotated[
+        float, _m("time this rank spent in the gradient all-reduce (mostly waiting); 0 single-process", "ms")
+    ] = 0.0
 
 
 class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):
@@ -188,6 +195,10 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     ]
     dropped_since_last: Annotated[int, _m("of those, since the previous heartbeat", "count")]
     sent: Annotated[int, _m("messages handed to the socket so far", "count")]
+    progress_age_s: Annotated[
+        float | None,
+        _m("since the training loop last made progress (env step or minibatch); nil: not reported", "s"),
+    ] = None
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):
@@ -222,6 +233,8 @@ class Envelope(msgspec.Struct, kw_only=True, gc=False):
     seq: Annotated[int, msgspec.Meta(ge=0)]
     ts: Annotated[float, msgspec.Meta(ge=0)]
     event: Event
+    rank: int = 0
+    """The torch.distributed rank that published it (0 in a single process); seq counts per rank."""
 
 
 class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
@@ -231,6 +244,8 @@ class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
     run_id: str
     last_seq: int
     count: int
+    rank: int = 0
+    """The rank whose replay this ends (each rank's publisher replays its own history)."""
 
 
 def topic_of(event: Event) -> str:

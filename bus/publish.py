@@ -30,7 +30,7 @@ from bus.contract import (
     ReplayEnd,
     topic_of,
 )
-from bus.endpoint import check_bind, default_endpoint
+from bus.endpoint import check_bind, default_endpoint, validate_endpoint
 from bus.wire import ENCODE_ERRORS, MAX_MESSAGE_BYTES, encode_body, encode_replay_end
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class PublisherConfig:
     """How the publisher binds and how much it buffers."""
 
     endpoint: str = field(default_factory=default_endpoint)
+    connect: bool = False
+    """Connect to ``endpoint`` (a forwarder's XSUB frontend, any host) instead of binding it."""
     heartbeat_period_s: float = 1.0
     queue_limit: int = 10_000
     sndhwm: int = 10_000
@@ -98,19 +100,24 @@ def _topic_bytes(topic: str) -> bytes:
 
 
 class BusPublisher:
-    """Bind an XPUB socket and publish events as envelopes of one run."""
+    """Bind (or connect) an XPUB socket and publish events as envelopes of one run's ``rank``."""
 
-    def __init__(self, run_id: str, config: PublisherConfig | None = None) -> None:
+    def __init__(self, run_id: str, config: PublisherConfig | None = None, *, rank: int = 0) -> None:
         self.run_id = run_id
+        self.rank = rank
         self.config = config or PublisherConfig()
-        check_bind(
-            self.config.endpoint,
-            allow_remote=self.config.allow_remote,
-            curve=self.config.curve_secret_key is not None,
-        )
+        if self.config.connect:
+            validate_endpoint(self.config.endpoint)
+        else:
+            check_bind(
+                self.config.endpoint,
+                allow_remote=self.config.allow_remote,
+                curve=self.config.curve_secret_key is not None,
+            )
         self.stats = PublisherStats()
         self.phase = "starting"
         self.update = 0
+        self._progress_at: float | None = None  # time.monotonic() of the last mark_progress()
         self._queue: deque[tuple[float, Event]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -153,6 +160,10 @@ class BusPublisher:
             self._wake_pending = True
             os.write(self._wake_w, b"\0")
         return True
+
+    def mark_progress(self) -> None:
+        """The training loop made progress (an env step, a minibatch): heartbeats report its age."""
+        self._progress_at = time.monotonic()
 
     @property
     def last_seq(self) -> int:
@@ -207,8 +218,12 @@ class BusPublisher:
                 from bus.security import apply_curve_server
 
                 auth = apply_curve_server(sock, ctx, self.config)
-            sock.bind(self.config.endpoint)
-            self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self.config.connect:
+                sock.connect(self.config.endpoint)
+                self.bound_endpoint = self.config.endpoint
+            else:
+                sock.bind(self.config.endpoint)
+                self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException as exc:
             self._error = exc
             sock.close(0)
@@ -238,6 +253,7 @@ class BusPublisher:
             now = time.monotonic()
             if now >= next_beat:
                 dropped = self.stats.dropped
+                progress_at = self._progress_at
                 self._send(
                     sock,
                     time.time(),
@@ -249,6 +265,7 @@ class BusPublisher:
                         dropped=dropped,
                         dropped_since_last=dropped - last_dropped,
                         sent=self.stats.sent,
+                        progress_age_s=None if progress_at is None else max(0.0, now - progress_at),
                     ),
                 )
                 last_dropped = dropped
@@ -276,9 +293,10 @@ class BusPublisher:
         seq = self._seq
         topic = topic_of(event)
         try:
-            body = encode_body(
-                Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=seq, ts=ts, event=event)
+            envelope = Envelope(
+                schema=SCHEMA_VERSION, run_id=self.run_id, seq=seq, ts=ts, event=event, rank=self.rank
             )
+            body = encode_body(envelope)
         except ENCODE_ERRORS as exc:
             # A producer bug; it costs this one event (and no seq), never the publisher thread.
             self.stats.dropped_unencodable += 1
@@ -329,7 +347,9 @@ class BusPublisher:
                 sock.send_multipart((topic, body), zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-        end = ReplayEnd(replay_end=True, run_id=self.run_id, last_seq=self._seq - 1, count=len(history))
+        end = ReplayEnd(
+            replay_end=True, run_id=self.run_id, last_seq=self._seq - 1, count=len(history), rank=self.rank
+        )
         with contextlib.suppress(zmq.Again):
             sock.send_multipart((topic, encode_replay_end(end)), zmq.NOBLOCK)
         self.stats.replays += 1
