@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testkit.events import envelope, training_started
 from testkit.hostile import hostile_floats, wire_text
 
 from bus.text import printable
+from consumers.alerts.daemon import AlertDaemon
 from consumers.alerts.engine import FIRING, RESOLVED, Notification
 from consumers.alerts.notify import format_line
 from consumers.alerts.rules import OPS
@@ -70,3 +75,9 @@ def test_any_values_give_one_printable_line(status, texts, numbers, op, cleared)
     assert f" run {printable(run_id)} update 22: " in line and printable(metric) in line
     if status == FIRING:
         assert line.endswith(f" - {printable(summary)}" if summary else f"({printable(expression)})")
+
+
+def test_the_run_followed_is_logged_with_escapes_written_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    AlertDaemon([], []).handle([envelope(0, training_started(), run_id="r\x1b]0;t\x07\n")], now=0.0)
+    assert "following run r\\x1b]0;t\\x07\\n" in caplog.text and "\x1b" not in caplog.text
