@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from bus.state import Snapshot
 from consumers.tui import thresholds as th
-from consumers.tui.derive import entropy_fraction, head_entropy_fraction
+from consumers.tui.derive import entropy_fraction, head_entropy
 from consumers.tui.thresholds import Level
 
 
@@ -42,11 +42,7 @@ def findings(snapshot: Snapshot) -> list[tuple[Level, str]]:
     frac = entropy_fraction(snapshot)
     if frac is not None:
         check(th.ENTROPY.level(frac), "entropy")
-    collapsed = [
-        h
-        for h, f in head_entropy_fraction(snapshot).items()
-        if f is not None and th.HEAD_ENTROPY.level(f) == Level.FAIL
-    ]
+    collapsed = head_entropy(snapshot).collapsed
     if collapsed:
         out.append((Level.WARN, f"{collapsed[0]} head" if len(collapsed) == 1 else f"{len(collapsed)} heads"))
     check(th.EXPLAINED_VARIANCE.level(t.explained_variance), "value fit")
