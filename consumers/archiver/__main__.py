@@ -15,6 +15,10 @@ from consumers.runtime import StopSignal, run_loop, setup_logging
 
 log = logging.getLogger("consumers.archiver")
 
+EXIT_ROWS_LOST = 3
+"""Exit status when the disk refused rows (ENOSPC, EIO): the summary lines say how many and of what.
+0: every row received reached disk; 1: stopped by an I/O error it could not work around; 2: bad arguments."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"archiver: refused {rejected} bad messages ({kinds})", flush=True)
         if not archiver.runs_seen:
             print("archiver: no run seen", flush=True)
+    if archiver.rows_lost:
+        return EXIT_ROWS_LOST
     return 0 if ok and not failed else 1
 
 

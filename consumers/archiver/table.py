@@ -49,6 +49,7 @@ class Table:
         """Largest seq on disk or buffered; a keyed table refuses rows at or below it (a restart's replay)."""
         self.repaired_bytes = 0
         self.rolls = 0
+        self._lost_closed = 0
         self._part = 0
         self._file: CsvFile | None = None
         self._order: dict[tuple[str, ...], list[int] | None] = {}
@@ -70,6 +71,11 @@ class Table:
     @property
     def pending_rows(self) -> int:
         return self._file.pending_rows if self._file is not None else 0
+
+    @property
+    def lost_rows(self) -> int:
+        """Rows the disk refused and that were given up on, across this table's files."""
+        return self._lost_closed + (self._file.rows_lost if self._file is not None else 0)
 
     @property
     def buffered_bytes(self) -> int:
@@ -126,6 +132,7 @@ class Table:
         old = self._file
         if old is not None:
             old.close()
+            self._lost_closed += old.rows_lost
             added = [c for c in columns if c not in (old.header or ())]
             removed = [c for c in (old.header or ()) if c not in columns]
             self.rolls += 1
@@ -148,5 +155,6 @@ class Table:
         if self._file is None:
             return True
         ok = self._file.close()
+        self._lost_closed += self._file.rows_lost
         self._file = None
         return ok
