@@ -118,6 +118,7 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     dropped: int
     dropped_since_last: int
     sent: int
+    replays_refused: int = 0
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):

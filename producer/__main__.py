@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from bus.endpoint import EndpointError
+from bus.endpoint import EndpointError, check_endpoint
 from bus.security import SecurityError, add_security_arguments
 from producer import publisher as events
 from producer.config import TrainConfig
@@ -305,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = new_run_id()
     err = sys.stderr
     try:
+        if cfg.telemetry:
+            check_endpoint(cfg.endpoint, bind=True)
         telemetry: events.Telemetry = (
             events.BusTelemetry(
                 run_id, cfg.endpoint, allow_remote=cfg.allow_remote, curve_keys=cfg.curve_keys

@@ -7,7 +7,6 @@ with no socket at all, for ``--no-telemetry`` overhead runs.
 
 from __future__ import annotations
 
-import argparse
 import math
 import socket
 import time
@@ -44,7 +43,7 @@ class BusTelemetry:
         self, run_id: str, endpoint: str, *, allow_remote: bool = False, curve_keys: str = ""
     ) -> None:
         self.run_id = run_id
-        security = publisher_security(argparse.Namespace(allow_remote=allow_remote, curve_keys=curve_keys))
+        security = publisher_security(allow_remote=allow_remote, curve_keys=curve_keys)
         self.publisher = BusPublisher(run_id, PublisherConfig(endpoint=endpoint, **security)).start()
         self.endpoint = self.publisher.bound_endpoint
 

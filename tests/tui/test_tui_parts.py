@@ -153,7 +153,7 @@ def test_assess_waiting_and_warmup():
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["tcp://127.0.0.1:5555", "tcp://trainhost:6000", "tcp://[::1]:5555", "ipc:///tmp/x"]
+    "endpoint", ["tcp://127.0.0.1:5555", "tcp://localhost:6000", "tcp://[::1]:5555", "ipc:///tmp/x"]
 )
 def test_check_endpoint_accepts(endpoint):
     assert check_endpoint(endpoint) == endpoint
