@@ -52,6 +52,9 @@ DEFAULT_REPLAY_DEPTH: dict[str, int] = {
 }
 """Per event type, how many of the newest messages a late joiner is sent."""
 
+SUBSCRIPTION_INTERVAL_S = 0.01
+"""Subscriptions are read in batches at most this often: a storm of them wakes the I/O thread (and
+takes the GIL from training) 100 times a second, not once per subscription."""
 SUBSCRIPTIONS_PER_TURN = 4096
 """Subscription messages handled before the I/O thread looks at live traffic and heartbeats again."""
 
@@ -258,6 +261,9 @@ class BusPublisher:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        wake_only = zmq.Poller()
+        wake_only.register(self._wake_r, zmq.POLLIN)
+        read_subs_at = 0.0
         period = self.config.heartbeat_period_s
         next_beat = time.monotonic()
         last_dropped = 0
@@ -285,10 +291,14 @@ class BusPublisher:
                 self._drain(sock)
                 return
             busy = self.replays.pending > 0
-            timeout_ms = 0 if busy else max(0, int((next_beat - time.monotonic()) * 1000) + 1)
-            for what, _ in poller.poll(timeout_ms):
+            now = time.monotonic()
+            listen = now >= read_subs_at
+            wait = next_beat - now if listen else min(next_beat, read_subs_at) - now
+            timeout_ms = 0 if busy else max(0, int(wait * 1000) + 1)
+            for what, _ in (poller if listen else wake_only).poll(timeout_ms):
                 if what is sock:
                     self._on_subscription(sock)
+                    read_subs_at = time.monotonic() + SUBSCRIPTION_INTERVAL_S
                 else:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
