@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["check_endpoint", "main", "parse_args"]
-
 import argparse
 import sys
 

@@ -11,9 +11,8 @@ from textual.theme import BUILTIN_THEMES
 from tui_synth import HEADS, Run, head_entropies, healthy_run, ppo, started
 
 from bus.aggregator import fold_all
-from bus.endpoint import EndpointError
+from bus.endpoint import EndpointError, check_endpoint
 from consumers.tui import thresholds as th
-from consumers.tui.__main__ import check_endpoint
 from consumers.tui.derive import entropy_fraction, head_entropy_fraction, return_trend
 from consumers.tui.health import assess
 from consumers.tui.thresholds import Level
