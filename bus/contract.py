@@ -199,6 +199,9 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
         float | None,
         _m("since the training loop last made progress (env step or minibatch); nil: not reported", "s"),
     ] = None
+    replays_refused: Annotated[
+        int, _m("replay requests the publisher refused so far (rate or concurrency limit)", "count")
+    ] = 0
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
-from bus.endpoint import EndpointError
+from bus.endpoint import EndpointError, check_endpoint
 from bus.security import SecurityError, add_security_arguments
 from producer import publisher as events
 from producer.config import TrainConfig, add_config_arguments
@@ -300,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = group.shared_run_id(run_id)
     connect = cfg.connect or (FORWARDER_FRONTEND if world.distributed else "")
     try:
+        if cfg.telemetry:
+            check_endpoint(cfg.endpoint, bind=True)
         telemetry: events.Telemetry = (
             events.BusTelemetry(
                 run_id,

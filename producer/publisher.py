@@ -7,7 +7,6 @@ with no socket at all, for ``--no-telemetry`` overhead runs.
 
 from __future__ import annotations
 
-import argparse
 import math
 import socket
 import time
@@ -55,7 +54,7 @@ class BusTelemetry:
         rank: int = 0,
     ) -> None:
         self.run_id = run_id
-        security = publisher_security(argparse.Namespace(allow_remote=allow_remote, curve_keys=curve_keys))
+        security = publisher_security(allow_remote=allow_remote, curve_keys=curve_keys)
         config = PublisherConfig(endpoint=endpoint, connect=connect, **security)
         self.publisher = BusPublisher(run_id, config, rank=rank).start()
         self.endpoint = self.publisher.bound_endpoint
