@@ -158,6 +158,41 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     head_grad_norm: Annotated[dict[str, float], _m("gradient L2 norm of each head's parameters")]
     lr: Annotated[float, _m("learning rate used by this update")]
     update_time_ms: Annotated[float, _m("wall time the update took", "ms")]
+    gradient_noise_scale: Annotated[
+        float,
+        _m(
+            "gradient noise scale B_simple = tr Σ / |G|², at the update's starting weights; "
+            "+inf: no detectable signal",
+            "transitions",
+            measured_at=_GRADIENT_CV,
+        ),
+    ] = 0.0
+    gradient_noise_batch: Annotated[
+        int, _m("the batch B that `gradient_cv` = √(B_simple/B) compares B_simple with", "transitions")
+    ] = 0
+    cuda_memory_total_gb: Annotated[
+        float,
+        _m("the device's capacity (`torch.cuda.mem_get_info`; 0.0 without CUDA)", "GB", measured_at=_CUDA),
+    ] = 0.0
+    cuda_memory_free_gb: Annotated[
+        float,
+        _m("free on the device, all processes counted (`torch.cuda.mem_get_info`)", "GB", measured_at=_CUDA),
+    ] = 0.0
+    cuda_memory_inactive_split_gb: Annotated[
+        float,
+        _m(
+            "inactive split blocks held by the allocator (`inactive_split_bytes.all.current`)",
+            "GB",
+            measured_at=_CUDA,
+        ),
+    ] = 0.0
+    cuda_alloc_retries: Annotated[
+        int,
+        _m("allocations that had to free cached blocks and retry, cumulative", "count", measured_at=_CUDA),
+    ] = 0
+    cuda_ooms: Annotated[
+        int, _m("out-of-memory errors the allocator raised, cumulative", "count", measured_at=_CUDA)
+    ] = 0
 
 
 class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):
@@ -188,6 +223,13 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     ]
     dropped_since_last: Annotated[int, _m("of those, since the previous heartbeat", "count")]
     sent: Annotated[int, _m("messages handed to the socket so far", "count")]
+    progress_age_s: Annotated[
+        float | None,
+        _m(
+            "time since the training loop last made progress (an env step or a minibatch); nil: not reported",
+            "s",
+        ),
+    ] = None
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):

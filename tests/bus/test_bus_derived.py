@@ -42,8 +42,27 @@ def test_entropy_fraction_hand_worked_and_edge_cases() -> None:
 def test_layer_fraction_and_memory_percent() -> None:
     assert derived.layer_fraction(3, 24) == 0.125
     assert derived.layer_fraction(0, 0) is None
-    assert derived.memory_usage_percent(4.2, 8.0) == pytest.approx(52.5)
-    assert derived.memory_usage_percent(1.0, 0.0) == 0.0
+    # (total − free) / total: 80 GB device with 20 GB free is 75% full; no device, no figure.
+    assert derived.memory_usage_percent(80.0, 20.0) == pytest.approx(75.0)
+    assert derived.memory_usage_percent(0.0, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("fragmentation", "reserved", "total", "counted"),
+    [
+        (0.5, 8.0, 80.0, 0.5),  # reserved exactly 10% of the device: counts
+        (0.5, 7.9, 80.0, 0.0),  # under 10%: 0.5 × 7.9 GB = 4.9% of the device wasted at most
+        (0.9, 0.2, 141.0, 0.0),  # a small policy on a big GPU: the CPU-test case that used to fire
+        (0.4, 60.0, 80.0, 0.4),
+        (0.4, 60.0, 0.0, 0.0),  # capacity unknown: no claim
+    ],
+)
+def test_fragmentation_counts_only_where_reserved_is_a_share_of_the_device(
+    fragmentation: float, reserved: float, total: float, counted: float
+) -> None:
+    assert derived.fragmentation_that_matters(fragmentation, reserved, total) == counted
+    if counted:  # what fragmentation could waste is then at least 0.1 × fragmentation of the device
+        assert fragmentation * reserved / total >= derived.FRAGMENTATION_MIN_RESERVED * fragmentation
 
 
 def test_nonfinite_losses_counts_each_loss_field() -> None:
