@@ -173,8 +173,8 @@ def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -
             _, stderr = proc.communicate()
         ctx.term()
     if finished_at is None:
-        tail = "\n".join(stderr.strip().splitlines()[-3:])
-        return timeline, f"exit {proc.returncode}, no training_finished: {tail}"
+        last = (stderr.strip().splitlines() or [""])[-1]
+        return timeline, f"exit {proc.returncode}, no training_finished: {last}"
     return timeline, ""
 
 
@@ -247,11 +247,14 @@ def truth_table(quick: bool = False, workers: int = 2) -> list[Figure]:
     chosen = scenarios(HEALTHY_SEEDS, fault_at, cuda=_cuda_available())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         outcomes = list(pool.map(lambda s: run_scenario(s, updates, rules), chosen))
-    print(f"\nAlert truth table: {updates} updates per run, faults at update {fault_at}.\n")
+    print(
+        f"\nAlert truth table: {updates} updates per run, faults at update {fault_at}; "
+        "the rule each fault must fire is in bold.\n"
+    )
     print(table(outcomes, [rule.name for rule in rules]))
     v = judge(outcomes)
     healthy = [o for o in outcomes if not o.scenario.expect and not o.error]
-    faulty = [o for o in outcomes if o.scenario.expect and not o.error]
+    faulty = [o for o in outcomes if o.scenario.expect]  # a run that failed counts as not caught
     if v.false_alarms:
         print("\nfalse alarms: " + "; ".join(v.false_alarms))
     if v.missed:
