@@ -157,7 +157,7 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     head_entropy: Annotated[dict[str, float], _m("entropy of each action head", "nats")]
     head_grad_norm: Annotated[dict[str, float], _m("gradient L2 norm of each head's parameters")]
     lr: Annotated[float, _m("learning rate used by this update")]
-    update_time_ms: Annotated[float, _m("wall time the update took", "ms")]
+    update_time_ms: Annotated[float, _m("wall time the update took", "ms", history=True)]
     gradient_noise_scale: Annotated[
         float,
         _m(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from bus.state import Snapshot
 
 SLOW_AFTER_PERIODS = 2.5
@@ -15,6 +17,9 @@ STUCK_MIN_S = 30.0
 
 STUCK_CYCLES = 5.0
 """How many of the run's own update cycles (update plus rollout) without progress make it STUCK."""
+
+CYCLE_UPDATES = 10
+"""The update cycle is the median over this many recent updates and rollouts."""
 
 TRAINING_PHASES = ("rollout", "update")
 """Phases in which the training loop is expected to progress; starting, compiling and finished are not."""
@@ -34,13 +39,20 @@ def silence_s(state: Snapshot, now: float) -> float:
 
 
 def update_cycle_s(state: Snapshot) -> float:
-    """The run's own time per update, s: the newest ppo_update's ``update_time_ms`` plus the newest
-    rollout's (``step_time_ms`` × ``rollout_steps``); 0.0 before either has arrived."""
-    update_ms = state.tamiyo.update_time_ms if state.tamiyo.ppo_data_received else 0.0
-    rollout = state.rollout
+    """The run's own time per update, s: the median ``update_time_ms`` of the last ``CYCLE_UPDATES``
+    updates plus a rollout at their median fps (``n_envs × rollout_steps / fps``); 0.0 before either.
+
+    Medians, so one long update (a past hang, a checkpoint) does not stretch the bound for the next.
+    """
+    update_s = _median(list(state.tamiyo.history["update_time_ms"])[-CYCLE_UPDATES:]) / 1000.0
     started = state.run.started
-    steps = started.rollout_steps if started is not None else 0
-    return (update_ms + rollout.step_time_ms * steps) / 1000.0
+    fps = _median([f for f in list(state.rollout.fps_history)[-CYCLE_UPDATES:] if f > 0])
+    rollout_s = started.n_envs * started.rollout_steps / fps if started is not None and fps > 0 else 0.0
+    return update_s + rollout_s
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
 
 def stuck_bound_s(state: Snapshot) -> float:
