@@ -113,9 +113,15 @@ async def test_footer_fits_80x24(make_app):
     run = Run()
     async with app.run_test(size=(80, 24)) as pilot:
         app.ingest(healthy_run(run, 30, compile_enabled=True))
-        app.ingest([run.env(ppo(30, cuda_memory_allocated_gb=4.2, cuda_memory_reserved_gb=8.0))])
+        memory = dict(cuda_memory_total_gb=80.0, cuda_memory_free_gb=70.4)
+        app.ingest([run.env(ppo(30, **memory))])
         text = await settle(app, pilot)
-    for needle in ("TAMIYO [compiled]", "[Mem:52%]", "CV:0.42 stable", "Dead:0/14  Exploding:0/14"):
+    for needle in (
+        "TAMIYO [compiled]",
+        "[Mem:12%] (0u ago)",
+        "CV:0.42 stable (0u ago)",
+        "Dead:0/14  Exploding:0/14",
+    ):
         assert needle in text
     assert "Clip:↑10%/↓5%" in text and "(↑10% ↓5%)" in text
     assert "update 30/500" in text and "LIVE" in text
@@ -393,7 +399,7 @@ async def test_resizing_shows_the_detail_panels_when_tall_enough(make_app):
         await pilot.resize_terminal(160, 48)
         text = await settle(app, pilot)
         assert "Rollout" in text and "Delivery" in text and "Config" in text
-        assert "Flow: CV:0.42 stable   Dead:0/14  Exploding:0/14   Clip:↑10%/↓5%" in text  # one line
+        assert "Flow: CV:0.42 stable (9u ago)   Dead:0/14  Exploding:0/14   Clip:↑10%/↓5%" in text  # one line
 
 
 @async_test
