@@ -17,7 +17,16 @@ from operator import attrgetter
 
 from bus import catalogue, derived
 from bus.contract import PPOUpdate
-from bus.liveness import FINISHED, WAITING, liveness, silence_s
+from bus.liveness import (
+    FINISHED,
+    STUCK_CYCLES,
+    STUCK_MIN_S,
+    WAITING,
+    liveness,
+    progress_age_s,
+    silence_s,
+    stuck,
+)
 from bus.state import Snapshot
 
 UPDATE = "update"
@@ -67,7 +76,9 @@ def _update_field(name: str) -> Callable[[Snapshot, float], Reading | None]:
     return read
 
 
-def _measured(value: Callable[[PPOUpdate], float], step: str) -> Callable[[Snapshot, float], Reading | None]:
+def _measured(
+    value: Callable[[PPOUpdate], float | None], step: str
+) -> Callable[[Snapshot, float], Reading | None]:
     """A throttled value, keyed by the update that measured it (field ``step``); none until measured."""
     get_step = attrgetter(step)
 
@@ -76,7 +87,8 @@ def _measured(value: Callable[[PPOUpdate], float], step: str) -> Callable[[Snaps
         at = get_step(t.latest)
         if not t.ppo_data_received or at < 0:
             return None
-        return Reading(value(t.latest), at, at)
+        v = value(t.latest)
+        return None if v is None else Reading(v, at, at)
 
     return read
 
@@ -105,8 +117,31 @@ def _field_metric(f: catalogue.Field) -> Metric:
     return Metric(f.name, UPDATE, doc, _update_field(f.name))
 
 
-def _memory_usage_percent(ev: PPOUpdate) -> float:
-    return derived.memory_usage_percent(ev.cuda_memory_allocated_gb, ev.cuda_memory_reserved_gb)
+CUMULATIVE = ("cuda_alloc_retries", "cuda_ooms")
+"""Throttled fields that count since the trainer started: counter metrics, watched by their increase."""
+
+
+def _memory_usage_percent(ev: PPOUpdate) -> float | None:
+    return derived.memory_usage_percent(ev.cuda_memory_total_gb, ev.cuda_memory_free_gb)
+
+
+def _fragmentation_that_matters(ev: PPOUpdate) -> float:
+    return derived.fragmentation_that_matters(
+        ev.cuda_memory_fragmentation, ev.cuda_memory_reserved_gb, ev.cuda_memory_total_gb
+    )
+
+
+def _measured_counter(name: str, step: str) -> Callable[[Snapshot, float], Reading | None]:
+    """A cumulative throttled count, read on every tick once measured (its increase is what rules watch)."""
+    get, get_step = attrgetter(name), attrgetter(step)
+
+    def read(s: Snapshot, now: float) -> Reading | None:
+        t = s.tamiyo
+        if not t.ppo_data_received or get_step(t.latest) < 0:
+            return None
+        return Reading(float(get(t.latest)), get_step(t.latest), None)
+
+    return read
 
 
 def _batch_attr(attr: str) -> Callable[[Snapshot, float], Reading | None]:
@@ -118,6 +153,18 @@ def _batch_attr(attr: str) -> Callable[[Snapshot, float], Reading | None]:
         return Reading(float(value), r.batches, r.batches)
 
     return read
+
+
+def _progress_age(s: Snapshot, now: float) -> Reading | None:
+    age = progress_age_s(s, now)
+    return None if age is None else Reading(age, None, None)
+
+
+def _stuck(s: Snapshot, now: float) -> Reading | None:
+    age = progress_age_s(s, now)
+    if age is None:
+        return None
+    return Reading(age if stuck(s, now) else 0.0, None, None)
 
 
 def _silence(s: Snapshot, now: float) -> Reading | None:
@@ -139,8 +186,13 @@ def _delivery_counter(attr: str) -> Callable[[Snapshot, float], Reading | None]:
 
 def _build() -> dict[str, Metric]:
     fields = catalogue.metric_fields(PPOUpdate)
-    metrics = [_field_metric(f) for f in fields]
+    metrics = [_field_metric(f) for f in fields if f.name not in CUMULATIVE]
     cuda_step = next(f.measured_at for f in fields if f.name == "cuda_memory_reserved_gb")
+    metrics += [
+        Metric(f.name, COUNTER, f"{f.description} ({f.unit})", _measured_counter(f.name, f.measured_at))
+        for f in fields
+        if f.name in CUMULATIVE
+    ]
     metrics += [
         Metric(
             "nonfinite_losses",
@@ -175,8 +227,15 @@ def _build() -> dict[str, Metric]:
         Metric(
             "memory_usage_percent",
             MEASURED,
-            "allocated / reserved CUDA memory, percent",
+            "how full the GPU is: (total − free) / total, percent (no reading without CUDA)",
             _measured(_memory_usage_percent, cuda_step),
+        ),
+        Metric(
+            "cuda_fragmentation_that_matters",
+            MEASURED,
+            "cuda_memory_fragmentation while reserved ≥ "
+            f"{derived.FRAGMENTATION_MIN_RESERVED:.0%} of the device, else 0 (docs/metrics.md)",
+            _measured(_fragmentation_that_matters, cuda_step),
         ),
         Metric("fps", BATCH, "environment steps per second", _batch_attr("fps")),
         Metric(
@@ -190,6 +249,19 @@ def _build() -> dict[str, Metric]:
             TIME,
             "seconds since the producer last sent anything (0 after training_finished)",
             _silence,
+        ),
+        Metric(
+            "progress_age_s",
+            TIME,
+            "seconds since the training loop last made progress (heartbeat), in rollout or update phases",
+            _progress_age,
+        ),
+        Metric(
+            "stuck_s",
+            TIME,
+            f"progress_age_s once past the STUCK bound max({STUCK_MIN_S:g} s, {STUCK_CYCLES:g} update cycles)"
+            " (bus.liveness), else 0",
+            _stuck,
         ),
         Metric(
             "events_missed",
