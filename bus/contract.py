@@ -92,6 +92,16 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     head_grad_norm: dict[str, float]
     lr: float
     update_time_ms: float
+    # Issue 10 (docs/metrics.md): gradient_cv = sqrt(gradient_noise_scale / gradient_noise_batch), B_simple
+    # in transitions (+inf: no detectable signal); device memory and allocator counters, throttled like
+    # cuda_memory_*, all 0 without CUDA.
+    gradient_noise_scale: float = 0.0
+    gradient_noise_batch: int = 0
+    cuda_memory_total_gb: float = 0.0
+    cuda_memory_free_gb: float = 0.0
+    cuda_memory_inactive_split_gb: float = 0.0
+    cuda_alloc_retries: int = 0
+    cuda_ooms: int = 0
 
 
 class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):
