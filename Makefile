@@ -12,10 +12,10 @@ ARGS ?=
 OUT ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui archive alerts bench test lint clean
+.PHONY: help install train tui archive alerts bench gpu-check test lint clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 	@echo "  Variables: ARGS=\"...\" (flags for train/tui/archive/alerts), ENDPOINT=$(ENDPOINT), OUT=$(OUT), TORCH=$(TORCH)"
 
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,9 @@ alerts: $(VENV)/.installed ## Watch a run for trouble and print alerts
 
 bench: $(VENV)/.installed ## Benchmarks: ratios against references in one run; writes bench/results.json
 	$(BIN)/python -m bench $(ARGS)
+
+gpu-check: $(VENV)/.installed ## On a CUDA machine: compiled training, cuda_* fields and fragmentation checked
+	$(BIN)/python -m bench.gpu_check
 
 test: $(VENV)/.installed ## Run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)
