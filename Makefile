@@ -15,10 +15,10 @@ WEB ?= 127.0.0.1:8000
 NPROC ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui web archive alerts bench test lint clean
+.PHONY: help install train tui web archive alerts bench gpu-check test lint clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/archive/alerts), ENDPOINT=$(ENDPOINT), WEB=$(WEB),"
 	@echo "             OUT=$(OUT), TORCH=$(TORCH)"
 	@echo "             NPROC=$(NPROC) (train: NPROC>1 runs torchrun, its ranks publish through make bus)"
@@ -54,6 +54,9 @@ alerts: $(VENV)/.installed ## Watch a run for trouble and print alerts
 
 bench: $(VENV)/.installed ## Benchmarks: ratios against references in one run; writes bench/results.json
 	$(BIN)/python -m bench $(ARGS)
+
+gpu-check: $(VENV)/.installed ## On a CUDA machine: compiled training, cuda_* fields and fragmentation checked
+	$(BIN)/python -m bench.gpu_check
 
 test: $(VENV)/.installed ## Run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)
