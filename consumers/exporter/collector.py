@@ -54,10 +54,11 @@ class TamiyoCollector(Collector):
         with self._lock:
             now = self.clock()
             self.table.expire(now)
+            rows = list(self.table)
             built = []
             for f in self.families:
                 family = _family(f)
-                for (run_id, rank), series in self.table:
+                for (run_id, rank), series in rows:
                     for extra, value in f.read(series, now):
                         if f.kind == INFO:
                             family.add_metric([run_id, str(rank)], dict(zip(f.labels, extra, strict=True)))

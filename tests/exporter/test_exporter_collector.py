@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from testkit.events import (
     HEADS,
     batch_completed,
+    build,
     heartbeat,
     ppo_update,
     training_finished,
@@ -100,6 +101,40 @@ def test_every_catalogue_metric_field_has_a_gauge_generated_from_the_contract() 
     assert {f.source for f in FAMILIES} >= {
         f"{k.__struct_config__.tag}.{f.name}" for k in EXPORTED_EVENTS for f in exported_fields(k)
     }
+
+
+def _distinct(i: int, t: msgspec.inspect.Type) -> object:
+    """A value no other field holds, so a mix-up of two fields cannot pass."""
+    if isinstance(t, msgspec.inspect.DictType):
+        return {"op": 1000.25 + i, "slot": 2000.25 + i}
+    return 1000.5 + i if isinstance(t, msgspec.inspect.FloatType) else 1000 + i
+
+
+@pytest.mark.parametrize("kind", EXPORTED_EVENTS, ids=lambda k: k.__struct_config__.tag)
+def test_every_field_s_value_reaches_its_series_in_base_units(kind: type) -> None:
+    clock = Clock()
+    c = TamiyoCollector(clock=clock)
+    entries = CATALOGUE[kind]
+    event = build(
+        kind,
+        {
+            f.name: _distinct(i, f.type)
+            for i, f in enumerate(entries)
+            if f.numeric or isinstance(f.type, msgspec.inspect.DictType)
+        },
+        {},
+    )
+    c.handle([envelope(0, training_started()), envelope(1, event)], clock.now)
+    s = scrape(c)
+    tag = kind.__struct_config__.tag
+    for f in exported_fields(kind):
+        family = next(fam for fam in FAMILIES if fam.source == f"{tag}.{f.name}" and fam.kind == GAUGE)
+        sent = getattr(event, f.name)
+        if isinstance(sent, dict):
+            for head, v in sent.items():
+                assert value(s, family.name, head=head) == pytest.approx(v * family.scale), family.name
+        else:
+            assert value(s, family.name) == pytest.approx(sent * family.scale), family.name
 
 
 def test_a_field_added_to_the_contract_gets_its_series_by_the_rule() -> None:

@@ -99,7 +99,7 @@ def test_promtool_gradient_cv_fires_after_its_for_holds_through_the_clear_band_t
     tests = tmp_path / "tests.yml"
     tests.write_text(
         f"rule_files:\n  - {RULES}\nevaluation_interval: 1s\ntests:\n  - interval: 1s\n    input_series:\n"
-        "      - series: 'tamiyo_gradient_cv{run_id=\"r\", rank=\"0\"}'\n"
+        '      - series: \'tamiyo_gradient_cv{run_id="r", rank="0"}\'\n'
         "        values: '3x30 1.8x20 1.4x10'\n"
         "      - series: 'tamiyo_gradient_cv{run_id=\"r\", rank=\"1\"}'\n        values: '1.8x60'\n"
         "    alert_rule_test:\n"
