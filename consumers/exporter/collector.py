@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,8 @@ from prometheus_client.registry import Collector
 from bus.feed import Item
 from consumers.exporter.families import COUNTER, FAMILIES, GAUGE, INFO, LABELS, Family
 from consumers.exporter.table import EXPIRE_AFTER_S, RankTable
+
+log = logging.getLogger(__name__)
 
 
 def _family(f: Family) -> Metric:
@@ -43,7 +46,9 @@ class TamiyoCollector(Collector):
 
     def handle(self, items: list[Item], now: float) -> None:
         with self._lock:
-            self.table.apply_all(items, now)
+            added = self.table.apply_all(items, now)
+        for run_id, rank in added:
+            log.info("following run %s rank %d", run_id, rank)
 
     def tick(self, now: float) -> list[tuple[str, int]]:
         """Expire finished and stale ranks even when nobody scrapes; the keys that went."""

@@ -99,9 +99,12 @@ class RankTable:
             return
         self._apply_envelope(item, now)
 
-    def apply_all(self, items: Iterable[Item], now: float) -> None:
+    def apply_all(self, items: Iterable[Item], now: float) -> list[Key]:
+        """``apply`` each item; the (run_id, rank) keys heard from for the first time."""
+        before = set(self.series)
         for item in items:
             self.apply(item, now)
+        return [key for key in self.series if key not in before]
 
     def _apply_envelope(self, env: Envelope, now: float) -> None:
         key = (env.run_id, env.rank)
