@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 
@@ -99,7 +99,7 @@ def _batch_aliases(families: list[Family]) -> list[Family]:
     for fam in families:
         tag, _, name = fam.source.partition(".")
         if not fam.alias and tag == "batch_completed" and name not in taken:
-            fam = Family(**{**fam.__dict__, "alias": name})
+            fam = replace(fam, alias=name)
         out.append(fam)
     return out
 
