@@ -7,11 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import EndpointError, default_endpoint
+from bus.endpoint import EndpointError, check_endpoint, default_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from consumers.address import AddressError, parse_address
 from consumers.runtime import StopSignal, run_loop, setup_logging
-from consumers.tui.__main__ import check_endpoint
 
 log = logging.getLogger("consumers.exporter")
 
@@ -103,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_ARGS
         return _print_rules(args.alert_rules, args.update_seconds)
     try:
-        check_endpoint(args.endpoint)
-        security = subscriber_security(args)
+        endpoint = check_endpoint(args.endpoint)
+        security = subscriber_security(args.curve_keys)
         address = parse_address(args.address, DEFAULT_ADDRESS)
     except (EndpointError, SecurityError, AddressError) as exc:
         print(f"tamiyo-export: {exc}", file=sys.stderr)
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tamiyo-export: cannot serve on {address.url}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
-        subscriber = Subscriber(SubscriberConfig(endpoint=args.endpoint, **security))
+        subscriber = Subscriber(SubscriberConfig(endpoint=endpoint, **security))
     except (EndpointError, SecurityError) as exc:
         server.shutdown()
         server.server_close()

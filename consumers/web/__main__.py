@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_endpoint(args.endpoint)
-        subscriber_security(args)
+        subscriber_security(args.curve_keys)
         address = parse_address(args.address, DEFAULT_ADDRESS)
     except (EndpointError, SecurityError, AddressError) as exc:
         print(f"tamiyo-web: {exc}", file=sys.stderr)

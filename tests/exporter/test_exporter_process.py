@@ -28,7 +28,8 @@ SERVING = r"tamiyo-export: serving http://.*/metrics for .* \(Ctrl-C to stop\)"
     ("args", "says"),
     [
         (["--endpoint", "udp://127.0.0.1:5555"], "is not an endpoint: use tcp://HOST:PORT"),
-        (["--endpoint", "tcp://127.0.0.1:0"], "a subscriber needs a host and a port 1-65535"),
+        (["--endpoint", "tcp://127.0.0.1:0"], "the port must be 1-65535, not '0'"),
+        (["--endpoint", "tcp://no-such-host.invalid:5555"], "cannot resolve host 'no-such-host.invalid'"),
         (["--address", "9464"], "'9464' is not HOST:PORT with a port 1-65535, e.g. 127.0.0.1:9464"),
         (["--address", "no-such-host.invalid:9464"], "cannot resolve host 'no-such-host.invalid'"),
         (["--address", "0.0.0.0:9464"], "refusing to serve on http://0.0.0.0:9464: it is not loopback"),
