@@ -29,7 +29,7 @@ from producer.diagnostics import (
 )
 from producer.distributed import ProcessGroup
 from producer.env import TamiyoEnv
-from producer.faults import FaultContext, Faults
+from producer.faults import FaultContext, Faults, LossTerms
 from producer.model import Policy, SequenceEval, segments
 from producer.timing import RankTimer
 
@@ -107,7 +107,7 @@ class Trainer:
         self.timer = RankTimer(device)
         evaluate = SequenceEval(self.policy, self.heads_fn)
         self.evaluate: nn.Module = group.wrap(evaluate, self.timer) if group else evaluate
-        self.faults = Faults(cfg.faults)
+        self.faults = Faults(cfg.faults, device.type)
         self.sample_gen = torch.Generator(device=device)
         self.sample_gen.manual_seed(seed + 1)
         self.shuffle_gen = torch.Generator()
@@ -189,6 +189,7 @@ class Trainer:
             self.next_done = result.done.float()
             self.progress()
         self._compute_gae()
+        self.faults.fire("advantages", self._fault_context(), advantages=self.advantages)
         T = cfg.rollout_steps
         n = T * cfg.n_envs
         host = torch.cat(  # the rollout's one host sync
@@ -230,11 +231,15 @@ class Trainer:
         cfg = self.cfg
         self.set_phase("update")
         started = time.perf_counter()
-        if cfg.anneal_lr:
-            self.optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - self.train_steps / cfg.updates)
+        # Set at every update (annealed or not), so a fault may scale it for this update only.
+        anneal = 1.0 - self.train_steps / cfg.updates if cfg.anneal_lr else 1.0
+        self.optimizer.param_groups[0]["lr"] = cfg.lr * anneal
         measure = self.throttled.due(self.train_steps)
         self.timer.reset()
-        fault_ctx = FaultContext(update=self.train_steps + 1, rank=self.rank, interrupted=self.interrupted)
+        fault_ctx = self._fault_context()
+        self.faults.fire(
+            "update_start", fault_ctx, model=self.policy, optimizer=self.optimizer, device=self.device
+        )
         spans = segments(self.episode_starts, cfg.rollout_steps)
         n_minibatches = cfg.update_epochs * cfg.num_minibatches
         totals: dict[str, Any] = {}
@@ -287,14 +292,21 @@ class Trainer:
         adv = self.advantages[:, mb]
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)).mean()
-        v_loss = self._value_loss(newvalue, mb)
-        entropy = head_entropy.sum(-1).mean()
-        loss = pg_loss - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss
+        terms = LossTerms(
+            pg_loss,
+            self._value_loss(newvalue, mb),
+            head_entropy.sum(-1).mean(),
+            cfg.entropy_coef,
+            cfg.vf_coef,
+        )
+        self.faults.fire("loss", fault_ctx, loss=terms)
+        loss = terms.total()
         self.faults.fire("minibatch_compute", fault_ctx)
 
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         self.timer.done()
+        self.faults.fire("gradients", fault_ctx, params=self.params)
         with torch.no_grad():
             flat = torch.cat([p.grad.reshape(-1) for p in self.params], out=grad_row)
             stats = {
@@ -307,9 +319,9 @@ class Trainer:
         with torch.no_grad():
             positive, negative = compute_directional_clip_fraction(ratio, cfg.clip_ratio)
             stats |= {
-                "policy_loss": pg_loss.detach(),
-                "value_loss": v_loss.detach(),
-                "entropy": entropy.detach(),
+                "policy_loss": terms.policy_loss.detach(),
+                "value_loss": terms.value_loss.detach(),
+                "entropy": terms.entropy.detach(),
                 "kl_divergence": ((ratio - 1) - logratio).mean(),
                 "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean(),
                 "clip_fraction_positive": positive,
@@ -386,6 +398,10 @@ class Trainer:
             k = self.cfg.update_epochs * self.cfg.num_minibatches
             self._cv_buffer = torch.empty(k, sum(p.numel() for p in self.params), device=self.device)
         return self._cv_buffer
+
+    def _fault_context(self) -> FaultContext:
+        """The faults' view of the update in progress (a rollout counts to the update it feeds)."""
+        return FaultContext(update=self.train_steps + 1, rank=self.rank, interrupted=self.interrupted)
 
     def _value_loss(self, newvalue: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
         returns = self.returns[:, mb]
