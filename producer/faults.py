@@ -32,7 +32,7 @@ COLLAPSE_ENTROPY_COEF = -1.0
 DEAD_GATE_BIAS = -50.0
 """``dead_layers`` sets both LSTM biases of the output gate to this: sigmoid(-100) ~ 4e-44 closes it."""
 NOISY_KEEP = 32
-"""``noisy_gradients`` keeps one advantage in this many: a tiny batch for the policy gradient."""
+"""``noisy_gradients`` keeps one transition in this many: the update learns from a batch this much smaller."""
 FRAGMENT_SHARE = 0.25
 """The share of the device's memory that ``fragment`` leaves reserved (at most 90% of what is free)."""
 FRAGMENT_SMALL_BYTES = 2 << 20
@@ -42,7 +42,8 @@ FRAGMENT_LARGE_BYTES = 8 << 20
 segment holding a live small block can never be released: 4 MiB used of every 20 MiB reserved."""
 
 POINTS = {
-    "advantages": "after GAE (``advantages``: the (T, B) advantages, in place; the returns are already set)",
+    "advantages": "after GAE, before the value targets (returns = advantages + values) are set from them "
+    "(``advantages``: the (T, B) tensor, in place)",
     "update_start": "an update begins, its learning rate scheduled (``model``, ``optimizer``, ``device``)",
     "minibatch_compute": "inside a minibatch, between forward and backward",
     "loss": "a minibatch's loss terms, before they are summed (``loss``, LossTerms)",
@@ -302,8 +303,8 @@ def _dead_layers(fault: Fault, ctx: FaultContext) -> None:
     "noisy_gradients",
     "advantages",
     f"from UPDATE's rollout on, each transition's advantage is kept with probability 1/{NOISY_KEEP} "
-    f"(weighted x{NOISY_KEEP}) and zeroed otherwise: the policy gradient comes from a batch "
-    f"{NOISY_KEEP} times smaller, unbiased but noisy",
+    f"(weighted x{NOISY_KEEP}) and zeroed otherwise, and the value targets follow (returns = values + "
+    f"advantages): the update learns from a batch {NOISY_KEEP} times smaller, unbiased but noisy",
     arg="R",
 )
 def _noisy_gradients(fault: Fault, ctx: FaultContext) -> None:

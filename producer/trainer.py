@@ -189,7 +189,6 @@ class Trainer:
             self.next_done = result.done.float()
             self.progress()
         self._compute_gae()
-        self.faults.fire("advantages", self._fault_context(), advantages=self.advantages)
         T = cfg.rollout_steps
         n = T * cfg.n_envs
         host = torch.cat(  # the rollout's one host sync
@@ -222,6 +221,7 @@ class Trainer:
             delta = self.rewards[t] + cfg.gamma * next_values * not_done - self.values[t]
             last = delta + cfg.gamma * cfg.gae_lambda * not_done * last
             self.advantages[t] = last
+        self.faults.fire("advantages", self._fault_context(), advantages=self.advantages)
         self.returns = self.advantages + self.values
 
     # -- update ------------------------------------------------------------------

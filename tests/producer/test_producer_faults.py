@@ -307,7 +307,7 @@ def test_entropy_collapse_drives_every_head_towards_deterministic() -> None:
     assert faulty[-1]["entropy"] < 0.5 * healthy[-1]["entropy"]
 
 
-def test_noisy_gradients_keeps_a_few_advantages_weighted_up() -> None:
+def test_noisy_gradients_keeps_a_few_transitions_weighted_up() -> None:
     size = {"n_envs": 8, "rollout_steps": 16}
     healthy_trainer, _ = _run((), updates=1, **size)
     healthy_trainer.rollout()
@@ -317,7 +317,9 @@ def test_noisy_gradients_keeps_a_few_advantages_weighted_up() -> None:
     kept = faulty != 0
     assert 0 < int(kept.sum()) < healthy.numel() // 4  # about 1 in NOISY_KEEP of 128
     assert torch.equal(faulty[kept], NOISY_KEEP * healthy[kept])
-    assert torch.equal(faulty_trainer.returns, healthy_trainer.returns)  # the value targets are untouched
+    # The value targets are subsampled alike: returns - values is the kept, weighted advantage.
+    assert torch.equal(faulty_trainer.returns, faulty + faulty_trainer.values)
+    assert torch.equal(faulty_trainer.values, healthy_trainer.values)
 
 
 def test_fragment_is_refused_without_cuda() -> None:
