@@ -45,8 +45,8 @@ POINTS = {
     "advantages": "after GAE, before the value targets (returns = advantages + values) are set from them "
     "(``advantages``: the (T, B) tensor, in place)",
     "update_start": "an update begins, its learning rate scheduled (``model``, ``optimizer``, ``device``)",
-    "minibatch_compute": "inside a minibatch, between forward and backward",
     "loss": "a minibatch's loss terms, before they are summed (``loss``, LossTerms)",
+    "minibatch_compute": "inside a minibatch, between forward and backward",
     "gradients": "after a minibatch's backward (and DDP's all-reduce), before diagnostics and clipping "
     "(``params``: their ``.grad``)",
 }
@@ -350,5 +350,5 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
         type=lambda text: str(parse_fault(text)),
         default=[],
         metavar="KIND[:ARG]@UPDATE",
-        help=f"Inject a fault from update UPDATE on (repeatable). {kinds}",
+        help=f"Inject a fault from update UPDATE on (repeatable). {kinds}".replace("%", "%%"),
     )

@@ -103,6 +103,17 @@ def test_the_command_line_exits_2_on_a_bad_fault(argv: list[str], message: str) 
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_help_lists_every_kind() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "producer", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    text = " ".join(result.stdout.split())  # argparse wraps the help
+    assert result.returncode == 0, result.stderr
+    for name in KINDS:
+        assert f"{name}@UPDATE" in text or f"{name}:R@UPDATE" in text, name
+    assert "25% of the GPU" in text
+
+
 def test_a_fault_acts_from_its_update_on_and_only_on_its_rank() -> None:
     seen: list[tuple[str, int, int]] = []
     try:
