@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.report import Figure, at_least, at_most
 from bus.aggregator import Aggregator
-from bus.contract import Envelope, TrainingFinished
+from bus.contract import Envelope, PPOUpdate, TrainingFinished
 from bus.feed import Item
 from consumers.alerts.engine import AlertEngine
 from consumers.alerts.rules import Rule, default_rules
@@ -36,6 +36,10 @@ FAULT_AT = 25
 """After the TUI's warm-up and the first few throttled measurements (diagnostics_every = 10)."""
 FAULT_SEED = 1
 RUN_TIMEOUT_S = 600.0
+HANG_HOLD_S = 50.0
+"""A run that stops making updates (the ``hang`` fault holds until interrupted) is sent SIGTERM after
+this long without a ppo_update: past the STUCK bound's 30 s floor, so ``trainer_stuck`` can fire, and
+the run still ends with its ``training_finished`` (interrupted)."""
 
 EXPECTED: dict[str, str] = {
     "lr_spike": "kl_divergence_high",
@@ -150,6 +154,7 @@ def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -
     ctx = zmq.Context()
     deadline = time.monotonic() + timeout_s
     finished_at: float | None = None
+    last_update_at = time.monotonic()
     try:
         with Subscriber(SubscriberConfig(endpoint=endpoint), ctx=ctx) as sub:
             while time.monotonic() < deadline:
@@ -157,9 +162,14 @@ def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -
                 now = time.monotonic()
                 for item in items:
                     timeline.append((now, item))
+                    if isinstance(item, Envelope) and isinstance(item.event, PPOUpdate):
+                        last_update_at = now
                     if isinstance(item, Envelope) and isinstance(item.event, TrainingFinished):
                         finished_at = now
                 exited = proc.poll() is not None
+                if not exited and now - last_update_at > HANG_HOLD_S:
+                    proc.terminate()  # stuck for good: end it the way a user would
+                    last_update_at = float("inf")
                 # Once the producer has exited, what it sent last is already here or lost.
                 if finished_at is not None or (exited and not items):
                     break
