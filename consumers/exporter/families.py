@@ -1,4 +1,4 @@
-"""What ``/metrics`` exposes: one family per catalogue field, generated, plus derived, counters, liveness.
+"""What ``/metrics`` exposes, generated: a family per catalogue field and per alert-daemon metric, and more.
 
 ``python -m consumers.exporter --markdown`` prints the table docs/exporter.md embeds.
 """
@@ -12,9 +12,20 @@ import msgspec
 
 from bus import derived
 from bus.catalogue import Field, fields
-from bus.contract import PPOUpdate, TrainingStarted
-from bus.liveness import FINISHED, LIVE, SLOW, STALE, liveness, silence_s
-from consumers.exporter.names import event_prefix, field_name, key_label, metric_name, unit
+from bus.contract import TrainingStarted
+from bus.liveness import FINISHED, LIVE, SLOW, STALE, STUCK, liveness
+from consumers.alerts.metrics import COUNTER as ALERT_COUNTER
+from consumers.alerts.metrics import METRICS
+from consumers.alerts.metrics import Metric as AlertMetric
+from consumers.exporter.names import (
+    alert_metric_name,
+    event_prefix,
+    field_name,
+    key_label,
+    metric_name,
+    name_unit,
+    unit,
+)
 from consumers.exporter.table import EXPORTED_EVENTS, Series, exported_fields
 
 GAUGE = "gauge"
@@ -23,7 +34,7 @@ INFO = "info"
 
 LABELS = ("run_id", "rank")
 """Every series carries these; a map field or the liveness adds one more."""
-LIVENESS_STATES = (LIVE, SLOW, STALE, FINISHED)
+LIVENESS_STATES = (LIVE, SLOW, STALE, STUCK, FINISHED)
 """Always exposed (1 for the rank's state, 0 for the rest); a state added to bus.liveness later is
 exposed as 1 while a rank is in it."""
 
@@ -104,19 +115,6 @@ def _batch_aliases(families: list[Family]) -> list[Family]:
     return out
 
 
-def _ppo(fn: Callable[[PPOUpdate, dict[str, int]], float | None]) -> Callable[[Series, float], Samples]:
-    """A value derived from the newest ppo_update and the head sizes; none before the first update."""
-
-    def read(s: Series, now: float) -> Samples:
-        t = s.state.tamiyo
-        if not t.ppo_data_received:
-            return ()
-        value = fn(t.latest, t.head_sizes)
-        return () if value is None else [((), value)]
-
-    return read
-
-
 def _head_fractions(s: Series, now: float) -> Samples:
     t = s.state.tamiyo
     if not t.ppo_data_received:
@@ -125,28 +123,14 @@ def _head_fractions(s: Series, now: float) -> Samples:
     return [((name,), v) for name, v in sorted(fractions.items()) if v is not None]
 
 
-def _memory_usage(ev: PPOUpdate, sizes: dict[str, int]) -> float | None:
-    if ev.cuda_memory_step < 0:
-        return None
-    return derived.memory_usage_percent(ev.cuda_memory_allocated_gb, ev.cuda_memory_reserved_gb)
-
-
-def _silence(s: Series, now: float) -> Samples:
-    # As the alert daemon's silence_s: 0 once the run has finished (it is expected to go quiet).
-    return [((), 0.0 if liveness(s.state, now) == FINISHED else silence_s(s.state, now))]
-
-
 def _liveness(s: Series, now: float) -> Samples:
     state = liveness(s.state, now)
     states = LIVENESS_STATES if state in LIVENESS_STATES else (*LIVENESS_STATES, state)
     return [((name,), float(name == state)) for name in states]
 
 
-def _delivery(attr: str) -> Callable[[Series, float], Samples]:
-    def read(s: Series, now: float) -> Samples:
-        return [((), float(getattr(s.state.delivery, attr)))]
-
-    return read
+def _events(s: Series, now: float) -> Samples:
+    return [((), float(s.state.delivery.events))]
 
 
 def _run_info_labels() -> tuple[str, ...]:
@@ -166,91 +150,56 @@ def _run_info(s: Series, now: float) -> Samples:
     return [(tuple(str(v).lower() if isinstance(v, bool) else str(v) for v in values), 1.0)]
 
 
-def _derived(
-    base: str,
-    unit_text: str,
-    meaning: str,
-    source: str,
-    alias: str,
-    read: Callable[[Series, float], Samples],
-    labels: tuple[str, ...] = (),
-) -> Family:
-    return Family(metric_name(base, unit_text), GAUGE, meaning, unit_text, source, alias, read, labels)
+def _alert_reader(metric: AlertMetric) -> Callable[[Series, float], Samples]:
+    def read(s: Series, now: float) -> Samples:
+        reading = metric.read(s.state, now)
+        return () if reading is None else [((), reading.value)]
+
+    return read
 
 
-def derived_families() -> list[Family]:
-    """The quantities of bus.derived, and the exporter's own view of each rank (not contract fields)."""
-    d = "bus.derived."
+def alert_families(metrics: Iterable[AlertMetric], exported: set[str]) -> list[Family]:
+    """A family for each alert-daemon metric not in ``exported`` (those a contract field already covers),
+    read by the daemon's own reader from the rank's fold: a gauge, or a ``_total`` counter for its
+    counters. The unit is the one its name ends in (``stuck_s``: seconds), its HELP the metric's doc."""
+    out = []
+    for m in metrics:
+        if m.name in exported:
+            continue
+        _, unit_text = name_unit(m.name)
+        counter = m.kind == ALERT_COUNTER
+        out.append(
+            Family(
+                name=alert_metric_name(m.name) + ("_total" if counter else ""),
+                kind=COUNTER if counter else GAUGE,
+                meaning=m.doc,
+                unit=unit_text,
+                source=f"consumers.alerts.metrics.{m.name}",
+                alias=m.name,
+                read=_alert_reader(m),
+            )
+        )
+    return out
+
+
+def own_families() -> list[Family]:
+    """What no alert metric holds: the per-head fractions of bus.derived, the liveness, the event count
+    and the run's metadata. An alert metric one rank's fold cannot give goes here, with its alias."""
     return [
-        _derived(
-            "entropy_normalized",
-            "fraction",
-            "Σ head entropy / Σ ln(head size): 1 uniform, 0 deterministic",
-            d + "entropy_fraction",
-            "entropy_normalized",
-            _ppo(lambda ev, sizes: derived.entropy_fraction(ev.head_entropy, sizes)),
-        ),
-        _derived(
-            "min_head_entropy_normalized",
-            "fraction",
-            "the lowest head's entropy / ln(its size)",
-            d + "min_head_entropy_fraction",
-            "min_head_entropy_normalized",
-            _ppo(lambda ev, sizes: derived.min_head_entropy_fraction(ev.head_entropy, sizes)),
-        ),
-        _derived(
-            "head_entropy_normalized",
-            "fraction",
+        Family(
+            metric_name("head_entropy_normalized", "fraction"),
+            GAUGE,
             "each head's entropy / ln(its size)",
-            d + "head_entropy_fractions",
+            "fraction",
+            "bus.derived.head_entropy_fractions",
             "",
             _head_fractions,
             ("head",),
         ),
-        _derived(
-            "dead_layer",
-            "fraction",
-            "dead_layers / total_layers",
-            d + "layer_fraction",
-            "dead_layer_fraction",
-            _ppo(lambda ev, sizes: derived.layer_fraction(ev.dead_layers, ev.total_layers)),
-        ),
-        _derived(
-            "exploding_layer",
-            "fraction",
-            "exploding_layers / total_layers",
-            d + "layer_fraction",
-            "exploding_layer_fraction",
-            _ppo(lambda ev, sizes: derived.layer_fraction(ev.exploding_layers, ev.total_layers)),
-        ),
-        _derived(
-            "nonfinite_losses",
-            "count",
-            f"how many of {', '.join(derived.LOSS_FIELDS)} are NaN or inf",
-            d + "nonfinite_losses",
-            "nonfinite_losses",
-            _ppo(lambda ev, sizes: float(derived.nonfinite_losses(ev))),
-        ),
-        _derived(
-            "cuda_memory_usage",
-            "%",
-            "allocated / reserved CUDA memory (measured every diagnostics_every updates)",
-            d + "memory_usage_percent",
-            "memory_usage_percent",
-            _ppo(_memory_usage),
-        ),
-        _derived(
-            "silence",
-            "s",
-            "time since this rank last sent anything; 0 once it finished",
-            "bus.liveness.silence_s",
-            "silence_s",
-            _silence,
-        ),
         Family(
             "tamiyo_liveness",
             GAUGE,
-            "1 for the rank's state (LIVE, SLOW, STALE, FINISHED; bus.liveness), 0 for the others",
+            "1 for the rank's state (LIVE, SLOW, STALE, STUCK, FINISHED; bus.liveness), 0 for the others",
             "",
             "bus.liveness.liveness",
             "",
@@ -264,34 +213,7 @@ def derived_families() -> list[Family]:
             "count",
             "exporter",
             "",
-            _delivery("events"),
-        ),
-        Family(
-            "tamiyo_gaps_total",
-            COUNTER,
-            "seq gaps this exporter saw (each one or more missed events)",
-            "count",
-            "exporter",
-            "gaps",
-            _delivery("gaps"),
-        ),
-        Family(
-            "tamiyo_missed_events_total",
-            COUNTER,
-            "events this exporter never received (the gaps' sizes)",
-            "count",
-            "exporter",
-            "events_missed",
-            _delivery("missed"),
-        ),
-        Family(
-            "tamiyo_producer_dropped_events_total",
-            COUNTER,
-            "events the producer dropped (queue full, socket refused, over 1 MiB)",
-            "count",
-            "heartbeat.dropped",
-            "producer_dropped",
-            _delivery("producer_dropped"),
+            _events,
         ),
         Family(
             "tamiyo_run_info",
@@ -306,9 +228,14 @@ def derived_families() -> list[Family]:
     ]
 
 
-def build() -> list[Family]:
-    generated = field_families((k.__struct_config__.tag, exported_fields(k)) for k in EXPORTED_EVENTS)
-    return _batch_aliases(generated) + derived_families()
+def build(metrics: Iterable[AlertMetric] = METRICS.values()) -> list[Family]:
+    """The contract's fields, then every alert metric they do not cover, then the exporter's own."""
+    generated = _batch_aliases(
+        field_families((k.__struct_config__.tag, exported_fields(k)) for k in EXPORTED_EVENTS)
+    )
+    own = own_families()
+    covered = {f.alias for f in (*generated, *own) if f.alias}
+    return generated + alert_families(metrics, covered) + own
 
 
 FAMILIES: list[Family] = build()

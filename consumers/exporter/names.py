@@ -4,8 +4,10 @@
 ``_gb``) is replaced by the Prometheus base unit (``_seconds``, ``_bytes``, ``_ratio``) and the
 value is scaled to it. ppo_update fields have no event prefix (``tamiyo_gradient_cv``); every
 other event's fields are prefixed by the first word of its tag (``tamiyo_batch_fps``,
-``tamiyo_heartbeat_uptime_seconds``). Units without a Prometheus base unit (counts, nats, 1/s)
-keep the field name as it is and are named in the HELP text.
+``tamiyo_heartbeat_uptime_seconds``). Units without a Prometheus base unit (counts, nats, 1/s,
+transitions) keep the field name as it is and are named in the HELP text. An alert metric that is
+no contract field (``stuck_s``) carries its unit only in its name: ``alert_metric_name`` reads it
+from there (``tamiyo_stuck_seconds``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ UNITS: dict[str, Unit] = {
     "1/s": Unit(""),
     "update": Unit(""),
     "updates": Unit(""),
+    "transitions": Unit(""),
 }
 """Every unit the catalogue uses (a test checks that). An unknown unit is exposed as ``""`` is."""
 
@@ -65,6 +68,34 @@ def metric_name(base: str, unit_text: str, prefix: str = "") -> str:
     if u.suffix and not stem.endswith("_" + u.suffix):
         stem = f"{stem}_{u.suffix}"
     return PREFIX + prefix + stem
+
+
+NAME_UNITS: dict[str, str] = {
+    "_s": "s",
+    "_ms": "ms",
+    "_us": "us",
+    "_gb": "GB",
+    "_mb": "MB",
+    "_bytes": "bytes",
+    "_percent": "%",
+    "_fraction": "fraction",
+}
+"""The unit an alert metric's name ends in (``silence_s``, ``dead_layer_fraction``); none: no unit."""
+
+
+def name_unit(name: str) -> tuple[str, str]:
+    """The name without its unit suffix, and the catalogue unit that suffix stands for ('' for none)."""
+    for suffix, unit_text in NAME_UNITS.items():
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), unit_text
+    return name, ""
+
+
+def alert_metric_name(name: str) -> str:
+    """An alert metric that is no contract field, by the same rule (``stuck_s`` → ``tamiyo_stuck_seconds``,
+    ``dead_layer_fraction`` → ``tamiyo_dead_layer_ratio``, ``stuck`` → ``tamiyo_stuck``)."""
+    stem, unit_text = name_unit(name)
+    return metric_name(stem, unit_text)
 
 
 def field_name(tag: str, field: str, unit_text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -28,9 +29,12 @@ from bus.catalogue import CATALOGUE, Field, metric_fields
 from bus.contract import Envelope, Event
 from bus.feed import Gap
 from bus.liveness import STALE_AFTER_PERIODS
-from consumers.alerts.metrics import METRICS
+from bus.state import Snapshot
+from consumers.alerts.metrics import METRICS, Reading
+from consumers.alerts.metrics import Metric as AlertMetric
 from consumers.exporter.collector import TamiyoCollector
 from consumers.exporter.families import COUNTER, FAMILIES, GAUGE, field_families, markdown
+from consumers.exporter.families import build as build_families
 from consumers.exporter.names import UNITS, field_name
 from consumers.exporter.promql import BY_ALIAS
 from consumers.exporter.table import EXPORTED_EVENTS, exported_fields
@@ -73,9 +77,10 @@ def value(samples: dict, name: str, run_id: str = "run-a", rank: int = 0, **extr
 
 
 def run_stream(rank: int = 0, run_id: str = "run-a", **ppo: object) -> list[Envelope]:
+    ppo = {"cuda_memory_total_gb": 16.0, "cuda_memory_free_gb": 4.0, **ppo}
     events: list[Event] = [
         training_started(rank=rank),
-        heartbeat(update=1),
+        heartbeat(update=1, progress_age_s=0.25),
         batch_completed(1),
         ppo_update(1, gradient_cv_step=-1, cuda_memory_step=-1, **ppo),
         batch_completed(2, episodes=0, return_mean=None, return_min=None, return_max=None),
@@ -157,6 +162,34 @@ def test_a_field_added_to_the_contract_gets_its_series_by_the_rule() -> None:
     ]
 
 
+def test_an_alert_metric_added_later_gets_its_series_by_the_rule() -> None:
+    """Metrics others add to consumers/alerts/metrics.py (a straggler score, a per-rank stuck time)
+    need no change here: named from the metric's name, valued by its own reader."""
+
+    def reads(v: float) -> Callable[[Snapshot, float], Reading | None]:
+        return lambda state, now: Reading(v, None, None) if state.run.run_id else None
+
+    extra = [
+        AlertMetric("straggler", "time", "compute time over the run's median", reads(1.25)),
+        AlertMetric("rank_stuck_s", "time", "stuck time of this rank", reads(40.0)),
+        AlertMetric("rank_restarts", "counter", "restarts of this rank", reads(2.0)),
+    ]
+    families = build_families([*METRICS.values(), *extra])
+    added = {f.alias: f for f in families if f.alias in {m.name for m in extra}}
+    assert {a: (f.name, f.kind) for a, f in added.items()} == {
+        "straggler": ("tamiyo_straggler", GAUGE),
+        "rank_stuck_s": ("tamiyo_rank_stuck_seconds", GAUGE),
+        "rank_restarts": ("tamiyo_rank_restarts_total", COUNTER),
+    }
+    clock = Clock()
+    c = TamiyoCollector(clock=clock, families=families)
+    c.handle(run_stream(), clock.now)
+    s = scrape(c)
+    assert value(s, "tamiyo_straggler") == 1.25
+    assert value(s, "tamiyo_rank_stuck_seconds") == 40.0
+    assert value(s, "tamiyo_rank_restarts_total") == 2.0
+
+
 def test_names_follow_prometheus_conventions() -> None:
     names = [f.name for f in FAMILIES]
     assert len(names) == len(set(names)), "every exposed name is unique"
@@ -180,6 +213,35 @@ def test_every_alert_metric_has_an_exported_series() -> None:
     assert set(METRICS) <= set(BY_ALIAS), set(METRICS) - set(BY_ALIAS)
 
 
+def test_every_alert_metric_s_series_holds_what_the_alert_daemon_reads() -> None:
+    """Each alert metric's exported value is the daemon's reading of the same rank's fold, in base units.
+
+    A metric that one rank's fold cannot give (one needing the other ranks) fails here by name.
+    """
+    clock = Clock()
+    c = TamiyoCollector(clock=clock)
+    for rank in (0, 1):
+        c.handle(run_stream(rank, gradient_cv=0.42 + rank, cuda_alloc_retries=2 + rank), clock.now)
+    clock.now += 0.5
+    s = scrape(c)
+    for rank in (0, 1):
+        state = c.table.series[("run-a", rank)].state
+        for name, metric in METRICS.items():
+            family = BY_ALIAS[name]
+            reading = metric.read(state, clock.now)
+            exported = s.get(family.name, {}).get((("rank", str(rank)), ("run_id", "run-a")))
+            expected = None if reading is None else reading.value * family.scale
+            assert exported == pytest.approx(expected), (
+                f"alert metric {name!r} (rank {rank}): the daemon reads {expected}, {family.name} holds "
+                f"{exported}. If it cannot be read from one rank's fold, add a Family with alias={name!r} "
+                "to own_families() in consumers/exporter/families.py that computes it across ranks"
+            )
+    # Checked by hand: the heartbeat said 0.25 s without progress, 0.5 s ago; 2 retries on rank 0.
+    assert value(s, "tamiyo_progress_age_seconds") == pytest.approx(0.75)
+    assert value(s, "tamiyo_stuck_seconds") == 0.0
+    assert value(s, "tamiyo_cuda_alloc_retries", rank=1) == 3.0
+
+
 def test_scrape_names_units_labels_and_values_per_rank() -> None:
     clock = Clock()
     c = TamiyoCollector(clock=clock)
@@ -200,14 +262,14 @@ def test_scrape_names_units_labels_and_values_per_rank() -> None:
     assert value(s, "tamiyo_batch_return_mean") == pytest.approx(1.0)
     assert value(s, "tamiyo_batch_episodes") == 0.0
     # Derived, checked by hand: 8 heads at 0.5 nats over Σ ln(size); fractions of the layer counts.
-    assert value(s, "tamiyo_entropy_normalized_ratio") == pytest.approx(
+    assert value(s, "tamiyo_entropy_normalized") == pytest.approx(
         8 * 0.5 / sum(math.log(n) for n in HEADS.values())
     )
     assert value(s, "tamiyo_head_entropy_normalized_ratio", head="blueprint") == pytest.approx(
         0.5 / math.log(13)
     )
     assert value(s, "tamiyo_dead_layer_ratio") == pytest.approx(1 / 14)
-    assert value(s, "tamiyo_cuda_memory_usage_ratio") == pytest.approx(4.2 / 8.0)
+    assert value(s, "tamiyo_memory_usage_ratio") == pytest.approx((16.0 - 4.0) / 16.0)
     assert value(s, "tamiyo_events_total") == 6.0
     assert value(s, "tamiyo_liveness", state="LIVE") == 1.0
     assert value(s, "tamiyo_liveness", state="STALE") == 0.0
@@ -236,7 +298,7 @@ def test_a_throttled_field_has_no_series_until_it_is_measured() -> None:
     c.handle(run_stream()[:4], clock.now)  # the first update measured neither gradient_cv nor memory
     s = scrape(c)
     assert "tamiyo_gradient_cv" not in s and "tamiyo_cuda_memory_reserved_bytes" not in s
-    assert "tamiyo_cuda_memory_usage_ratio" not in s
+    assert "tamiyo_memory_usage_ratio" not in s
     assert value(s, "tamiyo_kl_divergence") == pytest.approx(0.01)
 
 
@@ -261,8 +323,8 @@ def test_counters_count_events_gaps_missed_and_producer_drops_and_duplicates_do_
     s = scrape(c)
     assert value(s, "tamiyo_events_total") == 7.0
     assert value(s, "tamiyo_gaps_total") == 1.0
-    assert value(s, "tamiyo_missed_events_total") == 3.0
-    assert value(s, "tamiyo_producer_dropped_events_total") == 5.0
+    assert value(s, "tamiyo_events_missed_total") == 3.0
+    assert value(s, "tamiyo_producer_dropped_total") == 5.0
 
 
 def test_a_finished_rank_s_series_go_away_after_the_delay_and_a_late_replay_does_not_revive_them() -> None:

@@ -128,7 +128,9 @@ def test_prometheus_scrapes_a_real_run_and_returns_gradient_cv_and_kl_per_rank(
         for name in ("tamiyo_gradient_cv", "tamiyo_kl_divergence"):
             (series,) = poll(f"{name} in Prometheus", lambda n=name: scraped(n), exporter, producer, log=log)
             assert series["metric"]["rank"] == "0" and series["metric"]["job"] == "tamiyo"
-            assert math.isfinite(float(series["value"][1]))
+            got = float(series["value"][1])
+            # gradient_cv is +inf while the tiny batch shows no detectable signal (docs/metrics.md).
+            assert math.isfinite(got) or (name == "tamiyo_gradient_cv" and got == math.inf), got
         assert producer.proc.poll() is None, "the values were read back while the run was still training"
 
         # After it: Prometheus holds exactly what the exporter serves (the last update's values).

@@ -53,7 +53,7 @@ def test_thresholds_are_scaled_to_the_exposed_base_unit() -> None:
     assert expression(slow).startswith(
         "tamiyo_update_time_seconds > 0.5 or (tamiyo_update_time_seconds > 0.25"
     )
-    assert expression(mem) == "tamiyo_cuda_memory_usage_ratio > 0.9"
+    assert expression(mem) == "tamiyo_memory_usage_ratio > 0.9"
 
 
 def test_a_user_rule_file_converts_and_a_bad_one_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
