@@ -158,6 +158,12 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     head_grad_norm: Annotated[dict[str, float], _m("gradient L2 norm of each head's parameters")]
     lr: Annotated[float, _m("learning rate used by this update")]
     update_time_ms: Annotated[float, _m("wall time the update took", "ms")]
+    compute_time_ms: Annotated[
+        float, _m("this rank's forward and backward time in the update, before the gradient all-reduce", "ms")
+    ] = 0.0
+    collective_wait_ms: Annotated[
+        float, _m("this rank's time waiting at the gradient all-reduce in the update", "ms")
+    ] = 0.0
 
 
 class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):
@@ -188,6 +194,9 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     ]
     dropped_since_last: Annotated[int, _m("of those, since the previous heartbeat", "count")]
     sent: Annotated[int, _m("messages handed to the socket so far", "count")]
+    progress_age_s: Annotated[
+        float | None, _m("seconds since the training loop last made progress; nil when not measured", "s")
+    ] = None
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):
@@ -222,6 +231,9 @@ class Envelope(msgspec.Struct, kw_only=True, gc=False):
     seq: Annotated[int, msgspec.Meta(ge=0)]
     ts: Annotated[float, msgspec.Meta(ge=0)]
     event: Event
+    rank: Annotated[
+        int, msgspec.Meta(ge=0, description="the publishing process's rank (torch.distributed)")
+    ] = 0
 
 
 class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
@@ -231,6 +243,8 @@ class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
     run_id: str
     last_seq: int
     count: int
+    last_seqs: dict[int, int] = {}
+    """A forwarder's newest seq sent per rank; empty: ``last_seq`` is the one rank's (a single publisher)."""
 
 
 def topic_of(event: Event) -> str:

@@ -29,7 +29,7 @@ from bus.wire import (
     replay_topic,
 )
 
-ENVELOPE_KEYS = {"schema", "run_id", "seq", "ts", "event"}
+ENVELOPE_KEYS = {"schema", "run_id", "seq", "ts", "event", "rank"}
 
 
 def _raw(body: bytes) -> dict:
@@ -124,6 +124,7 @@ def test_the_catalogue_annotations_leave_the_wire_bytes_unchanged() -> None:
         env = envelope(5, event)
         plain = {"schema": env.schema, "run_id": env.run_id, "seq": env.seq, "ts": env.ts}
         plain["event"] = {"type": type(event).__struct_config__.tag, **msgspec.structs.asdict(event)}
+        plain["rank"] = env.rank
         assert encode_body(env) == msgspec.msgpack.encode(plain)
 
 

@@ -281,3 +281,58 @@ def test_every_seq_is_delivered_once_or_reported_missing(actions: list[tuple]) -
         covered |= span
     assert covered == set(range(min(covered), link.seq)), "nothing lost silently"
     assert link.feed.stats.missed == sum(last - first + 1 for first, last in gaps(link.out))
+
+
+# -- several ranks of one run -------------------------------------------------------------------
+
+
+def test_ranks_interleave_freely_and_each_counts_its_own_seqs() -> None:
+    feed = Feed()
+    token = feed.token
+    for s in range(3):
+        feed.on_replay(token, envelope(s, rank=1), 0.0)
+        feed.on_replay(token, envelope(s, rank=0), 0.0)
+    out = feed.on_replay_end(
+        token, ReplayEnd(replay_end=True, run_id="run-a", last_seq=2, count=6, last_seqs={0: 2, 1: 2}), 0.0
+    )
+    assert sorted((e.rank, e.seq) for e in out if isinstance(e, Envelope)) == [
+        (r, s) for r in (0, 1) for s in range(3)
+    ]
+    out = []
+    for s in range(3, 6):
+        feed.push_live(out, envelope(s, rank=1), 1.0)
+        feed.push_live(out, envelope(s, rank=0), 1.0)
+    assert [(e.rank, e.seq) for e in out] == [(r, s) for s in range(3, 6) for r in (1, 0)]
+    assert feed.last_seqs == {0: 5, 1: 5} and feed.last_seq == 5 and feed.stats.gaps == 0
+
+
+def test_a_hole_in_one_rank_is_that_rank_s_gap() -> None:
+    feed = synced(5)
+    feed.push_live([], envelope(0, rank=1), 1.0)  # rank 1 first heard at its seq 0: no gap, no resync
+    assert feed.stats.resyncs == 0 and feed.last_seqs == {0: 5, 1: 0}
+    out = feed.on_live(envelope(4, rank=1), 2.0)  # 1..3 missing: a resync, the publisher fills nothing
+    assert out == [] and feed.syncing
+    out = feed.on_replay_end(
+        feed.token,
+        ReplayEnd(replay_end=True, run_id="run-a", last_seq=5, count=0, last_seqs={0: 5, 1: 4}),
+        2.1,
+    )
+    assert [(g.rank, g.first, g.last) for g in out if isinstance(g, Gap)] == [(1, 1, 3)]
+    assert seqs(out) == [4] and feed.last_seqs == {0: 5, 1: 4}
+
+
+def test_a_single_publisher_s_replay_end_names_its_own_rank() -> None:
+    feed = Feed()
+    for s in range(3):
+        feed.on_replay(feed.token, envelope(s, rank=3), 0.0)
+    out = feed.on_replay_end(feed.token, replay_end(4), 0.0)
+    assert seqs(out) == [0, 1, 2] and gaps(out) == [] and feed.last_seqs == {3: 4}
+    assert feed.last_seq is None  # no rank 0 in this run
+
+
+def test_skipped_messages_hold_their_rank_s_place() -> None:
+    feed = synced(2)
+    out = feed.on_live(envelope(0, rank=1), 1.0)
+    feed.push_live(out, Skipped("run-a", 1, 0.0, "newer_event", rank=1), 1.0)
+    feed.push_live(out, envelope(2, rank=1), 1.0)
+    assert [(e.rank, e.seq) for e in out] == [(1, 0), (1, 2)] and feed.stats.gaps == 0
