@@ -164,9 +164,13 @@ def batch_completed(
 
 
 def ppo_update(metrics: Mapping[str, Any]) -> PPOUpdate:
-    """A PPOUpdate from the trainer's metrics; every field is read directly (a missing one is a bug)."""
+    """A PPOUpdate from the trainer's metrics; every required field is read directly (a missing one is a bug).
+
+    A field with a default that a single process does not measure (``compute_time_ms``) may be absent.
+    """
     names = PPOUpdate.__struct_fields__
-    return PPOUpdate(**{name: metrics[name] for name in names})
+    defaulted = names[len(names) - len(PPOUpdate.__struct_defaults__) :]
+    return PPOUpdate(**{name: metrics[name] for name in names if name in metrics or name not in defaulted})
 
 
 def training_finished(reason: str, *, updates: int, env_steps: int, error: str = "") -> TrainingFinished:

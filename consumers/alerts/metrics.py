@@ -7,6 +7,10 @@ A reading carries a ``key``: the rule engine evaluates a rule only when its metr
 changes (a new ppo_update, a new throttled measurement), so a value carried over from an
 earlier update is never counted twice. ``key=None`` means "evaluate on every tick"
 (time-based and counter metrics). ``step`` is the update that measured the value.
+
+A rule with ``by_rank = true`` reads each rank's own state (``rank_view``); otherwise it reads
+the combined view. The per-rank metrics (``straggler_score``, ``progress_age_s``) read the worst
+rank in the combined view, and the one rank in a rank's view.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from operator import attrgetter
 
 from bus import catalogue, derived
 from bus.contract import PPOUpdate
-from bus.liveness import FINISHED, WAITING, liveness, silence_s
+from bus.liveness import FINISHED, STALE, WAITING, liveness, silence_s
+from bus.ranks import progress_age_s, rank_status
 from bus.state import Snapshot
 
 UPDATE = "update"
@@ -137,6 +142,39 @@ def _delivery_counter(attr: str) -> Callable[[Snapshot, float], Reading | None]:
     return read
 
 
+def rank_view(state: Snapshot, rank: int) -> Snapshot:
+    """``state`` as rank ``rank`` alone sees it: its policy, rollouts and delivery, the run's identity."""
+    rs = state.ranks[rank]
+    return Snapshot(
+        run=state.run,
+        tamiyo=rs.tamiyo,
+        rollout=rs.rollout,
+        delivery=rs.delivery,
+        runs_seen=state.runs_seen,
+        ranks={rank: rs},
+        left_runs=state.left_runs,
+    )
+
+
+def _straggler_score(s: Snapshot, now: float) -> Reading | None:
+    scored = [rs for rs in s.ranks.values() if rs.straggler.samples]
+    if not scored:
+        return None
+    worst = max(scored, key=lambda rs: rs.straggler.score)
+    # A new score at any rank is a new reading; its step is that rank's update.
+    return Reading(worst.straggler.score, worst.tamiyo.update, sum(rs.straggler.samples for rs in scored))
+
+
+def _progress_age(s: Snapshot, now: float) -> Reading | None:
+    ages = [
+        age
+        for rs in s.ranks.values()
+        if rank_status(rs, now) not in (STALE, FINISHED)
+        and (age := progress_age_s(rs.delivery, now)) is not None
+    ]
+    return Reading(max(ages), None, None) if ages else None
+
+
 def _build() -> dict[str, Metric]:
     fields = catalogue.metric_fields(PPOUpdate)
     metrics = [_field_metric(f) for f in fields]
@@ -198,6 +236,20 @@ def _build() -> dict[str, Metric]:
             _delivery_counter("missed"),
         ),
         Metric("gaps", COUNTER, "seq gaps seen by this consumer, this run", _delivery_counter("gaps")),
+        Metric(
+            "straggler_score",
+            UPDATE,
+            "EWMA of compute_time_ms / the other ranks' median (bus/straggler.py); "
+            "the worst rank's unless by_rank",
+            _straggler_score,
+        ),
+        Metric(
+            "progress_age_s",
+            TIME,
+            "seconds since the training loop last made progress, while heartbeats arrive; the worst rank's "
+            "unless by_rank",
+            _progress_age,
+        ),
         Metric(
             "producer_dropped",
             COUNTER,
