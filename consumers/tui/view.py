@@ -25,6 +25,8 @@ class View:
     waited_s: float = 0.0
     link: LinkStats = field(default_factory=LinkStats)
     bus_warning: str = ""
+    now: float = 0.0
+    """The consumer's clock at this frame (what received items are stamped with)."""
 
 
 def make_view(
@@ -50,4 +52,5 @@ def make_view(
         waited_s=max(0.0, now - started_at) if started_at is not None else 0.0,
         link=link or LinkStats(),
         bus_warning=bus_warning,
+        now=now,
     )
