@@ -20,6 +20,7 @@ items into a fresh ``Snapshot`` always gives the same state.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -64,18 +65,20 @@ def _apply_envelope(state: Snapshot, env: Envelope, received_at: float) -> Snaps
     if rs is None:
         rs = _add_rank(state, env.rank)
     delivery = rs.delivery
+    combined = state.delivery
     if env.seq <= delivery.last_seq:
         delivery.duplicates += 1
-        state.delivery.duplicates += 1
+        if combined is not delivery:
+            combined.duplicates += 1
         return state
     delivery.events += 1
     delivery.last_seq = env.seq
     delivery.last_event_at = received_at
-    combined = state.delivery
-    combined.events += 1
-    combined.last_event_at = received_at
-    if rs.tamiyo is state.tamiyo:  # the lead rank
-        combined.last_seq = env.seq
+    if combined is not delivery:  # several ranks: the combined counters are kept apart
+        combined.events += 1
+        combined.last_event_at = received_at
+        if rs.tamiyo is state.tamiyo:  # the lead rank
+            combined.last_seq = env.seq
     _HANDLERS[type(env.event)](state, rs, env.event, received_at)
     return state
 
@@ -94,14 +97,17 @@ def _new_run(state: Snapshot, env: Envelope) -> Snapshot:
 def _add_rank(state: Snapshot, rank: int) -> RankState:
     """The first message of ``rank``: the first rank takes over the combined view's objects."""
     if not state.ranks:
-        rs = RankState(rank, tamiyo=state.tamiyo, rollout=state.rollout)
+        rs = RankState(rank, tamiyo=state.tamiyo, rollout=state.rollout, delivery=state.delivery)
         state.ranks[rank] = rs
         return rs
     rs = RankState(rank)
     if len(state.ranks) == 1:
-        # A second rank: from now on the combined rollout sums the ranks' own.
+        # A second rank: from now on the combined rollout and delivery sum the ranks' own.
         (only,) = state.ranks.values()
         state.rollout = _copy_rollout(only.rollout)
+        state.delivery = dataclasses.replace(
+            only.delivery, gap_ranges=deque(only.delivery.gap_ranges, maxlen=only.delivery.gap_ranges.maxlen)
+        )
     state.ranks[rank] = rs
     if rank < min(r for r in state.ranks if r != rank):
         state.tamiyo = rs.tamiyo
@@ -126,7 +132,7 @@ def _apply_gap(state: Snapshot, gap: Gap) -> Snapshot:
     rs = state.ranks.get(gap.rank)
     if rs is None:
         rs = _add_rank(state, gap.rank)
-    for delivery in (rs.delivery, state.delivery):
+    for delivery in {id(d): d for d in (rs.delivery, state.delivery)}.values():
         delivery.gaps += 1
         delivery.missed += gap.last - gap.first + 1
         delivery.gap_ranges.append((gap.first, gap.last))
@@ -185,9 +191,8 @@ def _on_heartbeat(state: Snapshot, rs: RankState, ev: Heartbeat, received_at: fl
     d = rs.delivery
     combined = state.delivery
     combined.producer_dropped += ev.dropped - d.producer_dropped
-    for delivery in (d, combined):
-        delivery.last_heartbeat_at = received_at
-        delivery.heartbeat = ev
+    combined.last_heartbeat_at = d.last_heartbeat_at = received_at
+    combined.heartbeat = d.heartbeat = ev
     d.producer_dropped = ev.dropped
     if rs.finish is None:
         d.producer_phase = ev.phase

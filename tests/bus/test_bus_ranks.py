@@ -11,8 +11,11 @@ from bus_factories import (
     training_finished,
     training_started,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus.aggregator import Aggregator, fold_all
+from bus.contract import BatchCompleted, Heartbeat
 from bus.feed import Gap
 from bus.liveness import FINISHED, LIVE, SLOW, STALE
 from bus.ranks import STUCK, STUCK_AFTER_S, progress_age_s, rank_status, worst_first
@@ -207,3 +210,40 @@ def test_worst_first_puts_stuck_then_stale_then_stragglers_first() -> None:
         (0, LIVE),
         (3, FINISHED),
     ]
+
+
+@st.composite
+def rank_streams(draw: st.DrawFn) -> list:
+    """Batches and heartbeats of 1-4 ranks, each rank's seqs in order, arbitrarily interleaved."""
+    streams = []
+    for rank in range(draw(st.integers(1, 4))):
+        n = draw(st.integers(1, 8))
+        events = [
+            batch_completed(update=s, env_steps=draw(st.integers(0, 10**6)), fps=draw(st.floats(0, 1e5)))
+            if draw(st.booleans())
+            else heartbeat(dropped=draw(st.integers(0, 100)))
+            for s in range(n)
+        ]
+        streams.append([envelope(s, e, rank=rank) for s, e in enumerate(events)])
+    out = []
+    while any(streams):
+        i = draw(st.sampled_from([i for i, s in enumerate(streams) if s]))
+        out.append(streams[i].pop(0))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(rank_streams())
+def test_the_combined_counters_are_the_sums_of_each_rank_s_newest(items: list) -> None:
+    snap = fold_all(items)
+    newest: dict[int, dict[type, object]] = {}
+    for e in items:
+        newest.setdefault(e.rank, {})[type(e.event)] = e.event
+    batches = [n[BatchCompleted] for n in newest.values() if BatchCompleted in n]
+    beats = [n[Heartbeat] for n in newest.values() if Heartbeat in n]
+    assert snap.delivery.events == len(items)
+    assert snap.delivery.producer_dropped == sum(hb.dropped for hb in beats)
+    assert snap.rollout.env_steps == sum(b.env_steps for b in batches)
+    assert snap.rollout.batches == sum(isinstance(e.event, BatchCompleted) for e in items)
+    if batches:
+        assert snap.rollout.fps == pytest.approx(sum(b.fps for b in batches))
