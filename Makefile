@@ -10,29 +10,41 @@ TORCH ?= torch==2.13.0
 ENDPOINT ?= $(or $(TAMIYO_ENDPOINT),tcp://127.0.0.1:5555)
 ARGS ?=
 OUT ?= runs
+WEB ?= 127.0.0.1:8000
+# NPROC=2 (or more): train under torchrun, one DDP rank per process, each publishing to `make bus`.
+NPROC ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui archive alerts bench test lint clean
+.PHONY: help install train tui web archive alerts bench test lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  Variables: ARGS=\"...\" (flags for train/tui/archive/alerts), ENDPOINT=$(ENDPOINT), OUT=$(OUT), TORCH=$(TORCH)"
+	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/archive/alerts), ENDPOINT=$(ENDPOINT), WEB=$(WEB),"
+	@echo "             OUT=$(OUT), TORCH=$(TORCH)"
+	@echo "             NPROC=$(NPROC) (train: NPROC>1 runs torchrun, its ranks publish through make bus)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11+ is needed (got $$($(BIN)/python -V)); set PYTHON=python3.11"; exit 1; }
 	@$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,web,prometheus]"
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install everything (done by the other targets on first use)
 
 train: $(VENV)/.installed ## Train Tamiyo and publish telemetry on ENDPOINT (flags: ARGS="--updates 500 ...")
+ifeq ($(filter-out 1,$(NPROC)),)
 	$(BIN)/python -m producer --endpoint $(ENDPOINT) $(ARGS)
+else
+	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m producer $(ARGS)
+endif
 
 tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port)
 	$(BIN)/python -m consumers.tui --endpoint $(ENDPOINT) $(ARGS)
+
+web: $(VENV)/.installed ## The dashboard in a browser at http://WEB (default 127.0.0.1:8000); one per tab
+	$(BIN)/python -m consumers.web --endpoint $(ENDPOINT) --address $(WEB) $(ARGS)
 
 archive: $(VENV)/.installed ## Record a run to CSV under OUT (default runs/)
 	$(BIN)/python -m consumers.archiver --endpoint $(ENDPOINT) --out $(OUT) $(ARGS)

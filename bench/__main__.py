@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     groups = set(args.only.split(",")) if args.only else {"bus", "training", "consumers"}
 
-    from bench import bus_figures, consumer_figures, training_figures
+    from bench import bus_figures, consumer_figures, storm, training_figures
 
     steps: list[tuple[str, str, Callable[[], Figure | list[Figure]]]] = [
         ("bus", "throughput", lambda: bus_figures.throughput(20_000 if q else 200_000)),
         ("bus", "latency", lambda: bus_figures.latency(1000, 1 if q else 5)),
         ("bus", "fold", lambda: bus_figures.fold_rate(50_000 if q else 500_000)),
         ("bus", "memory", lambda: bus_figures.consumer_memory(100_000 if q else 1_000_000)),
+        ("bus", "replay storm", lambda: storm.replay_storm(10 if q else 20)),
         ("training", "overhead", lambda: training_figures.overhead(10 if q else 30, 1 if q else 2)),
         ("training", "learning", lambda: training_figures.learning(20 if q else 120, seed=1)),
         ("consumers", "tui", lambda: consumer_figures.tui(quick=q)),

@@ -200,7 +200,8 @@ def _on_heartbeat(state: Snapshot, rs: RankState, ev: Heartbeat, received_at: fl
         combined.producer_phase = ev.phase
 
 
-_WORST_FIRST = ("crashed", "interrupted", "done")
+_WORST_FIRST = {"crashed": 0, "interrupted": 1, "done": 2}
+"""Which rank's finish the run's is: the worst reason (a reason the contract does not know, last)."""
 
 
 def _on_training_finished(state: Snapshot, rs: RankState, ev: TrainingFinished, received_at: float) -> None:
@@ -209,7 +210,7 @@ def _on_training_finished(state: Snapshot, rs: RankState, ev: TrainingFinished, 
     finishes = [o.finish for _, o in sorted(state.ranks.items()) if o.finish is not None]
     if len(finishes) < state.world_size:
         return
-    state.run.finish = min(finishes, key=lambda f: _WORST_FIRST.index(f.reason))
+    state.run.finish = min(finishes, key=lambda f: _WORST_FIRST.get(f.reason, len(_WORST_FIRST)))
     state.delivery.producer_phase = "finished"
 
 

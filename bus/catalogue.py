@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from bus.contract import EVENT_TYPES, PPOUpdate
+from bus.contract import EVENT_TYPES, BatchCompleted, PPOUpdate
 
 _i = msgspec.inspect
 
@@ -142,12 +144,58 @@ def markdown() -> str:
     return "\n".join(f"### `{kind.__struct_config__.tag}`\n\n{table(kind)}" for kind in EVENT_TYPES)
 
 
+TABLE_DOC: dict[type[msgspec.Struct], str] = {PPOUpdate: "metrics.md", BatchCompleted: "metrics.md"}
+"""Which file under docs/ holds each event's field table (wire.md unless named): the per-update and
+per-batch metrics are documented beside their computation, so a new metric touches one doc."""
+
+
+def doc_of(kind: type[msgspec.Struct]) -> str:
+    return TABLE_DOC.get(kind, "wire.md")
+
+
+def update_docs(docs: Path) -> list[str]:
+    """Rewrite each event's field table in its doc (the first table after the event's heading).
+
+    Returns the names of the files that changed.
+    """
+    changed = []
+    for name in sorted({doc_of(kind) for kind in EVENT_TYPES}):
+        path = docs / name
+        text = path.read_text()
+        new = text
+        for kind in (k for k in EVENT_TYPES if doc_of(k) == name):
+            tag = kind.__struct_config__.tag
+            heading = re.search(rf"^#+ `{tag}`.*$", new, flags=re.MULTILINE)
+            if heading is None:
+                raise ValueError(f"{path}: no heading for `{tag}`")
+            table_re = re.compile(r"^\| field \|.*?\n(?:\|.*\n)+", flags=re.MULTILINE)
+            found = table_re.search(new, heading.end())
+            if found is None:
+                raise ValueError(f"{path}: no field table after the `{tag}` heading")
+            new = new[: found.start()] + table(kind) + new[found.end() :]
+        if new != text:
+            path.write_text(new)
+            changed.append(name)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bus.catalogue", description=__doc__)
-    p.add_argument("--markdown", action="store_true", help="print the field tables of docs/wire.md")
+    p.add_argument("--markdown", action="store_true", help="print every event's field table")
+    p.add_argument(
+        "--update-docs",
+        metavar="DIR",
+        nargs="?",
+        const="docs",
+        help="rewrite the field tables in DIR/wire.md and DIR/metrics.md from the contract (default docs)",
+    )
     args = p.parse_args(argv)
     if args.markdown:
         sys.stdout.write(markdown())
+        return 0
+    if args.update_docs:
+        for name in update_docs(Path(args.update_docs)):
+            print(f"updated {Path(args.update_docs) / name}")
         return 0
     for kind in EVENT_TYPES:
         for f in CATALOGUE[kind]:

@@ -159,10 +159,11 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     lr: Annotated[float, _m("learning rate used by this update")]
     update_time_ms: Annotated[float, _m("wall time the update took", "ms")]
     compute_time_ms: Annotated[
-        float, _m("this rank's forward and backward time in the update, before the gradient all-reduce", "ms")
+        float,
+        _m("this rank's forward+backward time in the update, before the gradient all-reduce", "ms"),
     ] = 0.0
     collective_wait_ms: Annotated[
-        float, _m("this rank's time waiting at the gradient all-reduce in the update", "ms")
+        float, _m("time this rank spent in the gradient all-reduce (mostly waiting); 0 single-process", "ms")
     ] = 0.0
 
 
@@ -195,8 +196,12 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True, gc=False):
     dropped_since_last: Annotated[int, _m("of those, since the previous heartbeat", "count")]
     sent: Annotated[int, _m("messages handed to the socket so far", "count")]
     progress_age_s: Annotated[
-        float | None, _m("seconds since the training loop last made progress; nil when not measured", "s")
+        float | None,
+        _m("since the training loop last made progress (env step or minibatch); nil: not reported", "s"),
     ] = None
+    replays_refused: Annotated[
+        int, _m("replay requests the publisher refused so far (rate or concurrency limit)", "count")
+    ] = 0
 
 
 class TrainingFinished(msgspec.Struct, tag="training_finished", kw_only=True, gc=False):
@@ -231,9 +236,8 @@ class Envelope(msgspec.Struct, kw_only=True, gc=False):
     seq: Annotated[int, msgspec.Meta(ge=0)]
     ts: Annotated[float, msgspec.Meta(ge=0)]
     event: Event
-    rank: Annotated[
-        int, msgspec.Meta(ge=0, description="the publishing process's rank (torch.distributed)")
-    ] = 0
+    rank: int = 0
+    """The torch.distributed rank that published it (0 in a single process); seq counts per rank."""
 
 
 class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
@@ -243,8 +247,8 @@ class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
     run_id: str
     last_seq: int
     count: int
-    last_seqs: dict[int, int] = {}
-    """A forwarder's newest seq sent per rank; empty: ``last_seq`` is the one rank's (a single publisher)."""
+    rank: int = 0
+    """The rank whose replay this ends (each rank's publisher replays its own history)."""
 
 
 def topic_of(event: Event) -> str:

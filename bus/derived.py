@@ -20,11 +20,12 @@ def head_entropy_fractions(
     head_entropy: Mapping[str, float], sizes: Mapping[str, int]
 ) -> dict[str, float | None]:
     """Each head's entropy / ln(its size): 1 uniform, 0 deterministic; None where the size is unknown or 1."""
-    out: dict[str, float | None] = {}
-    for name, nats in head_entropy.items():
-        size = sizes.get(name, 0)
-        out[name] = nats / math.log(size) if size > 1 else None
-    return out
+    return {name: head_fraction(nats, sizes.get(name, 0)) for name, nats in head_entropy.items()}
+
+
+def head_fraction(nats: float | None, size: int) -> float | None:
+    """One head's entropy / ln(its size); None where the entropy is unknown or the size is 1 or unknown."""
+    return nats / math.log(size) if nats is not None and size > 1 else None
 
 
 def entropy_fraction(head_entropy: Mapping[str, float], sizes: Mapping[str, int]) -> float | None:
@@ -77,8 +78,14 @@ def return_trend(
         return 0.0, ""
     n = min(window, len(values) // 2)
     newest, previous = values[-n:], values[-2 * n : -n]
-    delta = sum(newest) / n - sum(previous) / n
+    delta = _mean(newest) - _mean(previous)
     scale = max(abs(v) for v in values[-2 * n :]) or 1.0
     if abs(delta) <= flat * scale:
         return delta, "→"
     return delta, "↗" if delta > 0 else "↘"
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean, summed as v / n so that values near the largest float cannot overflow the sum."""
+    n = len(values)
+    return sum(v / n for v in values)

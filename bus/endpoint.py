@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 ENDPOINT_ENV = "TAMIYO_ENDPOINT"
@@ -26,6 +27,36 @@ def host_of(endpoint: str) -> str:
     if not sep or not host or not (port.isdigit() or port == "*"):
         raise EndpointError(f"{endpoint!r} is not tcp://HOST:PORT")
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+EXAMPLE = "e.g. tcp://127.0.0.1:5555"
+
+
+def check_endpoint(endpoint: str, *, bind: bool = False) -> str:
+    """The one check of a command's ``--endpoint``: ``endpoint`` itself, or EndpointError saying why not.
+
+    Every command (producer, dashboard, archiver, alert daemon) calls this before opening a
+    socket, so each refuses the same endpoints with the same message: only tcp://HOST:PORT
+    with a port 1-65535 (``*`` too when binding: any free port) and a host that resolves,
+    or ipc://PATH. ZeroMQ itself would wrap port 99999 round to 34463 and connect to an
+    unknown host for ever.
+    """
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return endpoint
+    if not endpoint.startswith("tcp://"):
+        raise EndpointError(f"{endpoint!r} is not an endpoint: use tcp://HOST:PORT ({EXAMPLE}) or ipc://PATH")
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not host:
+        raise EndpointError(f"{endpoint!r} is not tcp://HOST:PORT ({EXAMPLE})")
+    if not (bind and port == "*") and not (port.isdigit() and 0 < int(port) < 65536):
+        raise EndpointError(f"{endpoint!r}: the port must be 1-65535, not {port!r}")
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (bind and name == "*"):
+        try:
+            socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise EndpointError(f"{endpoint!r}: cannot resolve host {name!r} ({exc})") from None
+    return endpoint
 
 
 def validate_endpoint(endpoint: str) -> str:

@@ -9,10 +9,13 @@ How it works: a consumer subscribes to the live topics and to a replay topic uni
 to itself; seeing that subscription, the publisher sends its cached history on that
 topic, then a ``ReplayEnd`` naming the newest seq it had sent. While a replay is
 awaited ("syncing") live messages are held; at the end, history and held messages
-are merged by seq with duplicates dropped. A later seq gap starts a resync under a
-fresh token (at most one per ``resync_interval``), so history the publisher still
-caches fills the hole; what it cannot fill is reported as a ``Gap``. A publisher that
-never replays costs ``sync_timeout`` once, after which the live stream flows as is.
+are merged by seq with duplicates dropped. Behind a forwarder every rank's publisher
+sees the subscription and replays its own history with its own ``ReplayEnd``: the
+sync ends once every rank heard during it has sent its end (or at the deadline).
+A later seq gap starts a resync under a fresh token (at most one per
+``resync_interval``), so history the publisher still caches fills the hole; what it
+cannot fill is reported as a ``Gap``. A publisher that never replays costs
+``sync_timeout`` once, after which the live stream flows as is.
 A message of an event type this consumer does not know arrives as ``Skipped``: it takes
 its place in the seq order (so it is not a gap) and is not delivered.
 
@@ -106,6 +109,8 @@ class Feed:
         self._deadline: float | None = None
         self._held: list[Entry] = []
         self._replay: list[Entry] = []
+        self._ends: dict[int, ReplayEnd] = {}
+        """The replay ends received in this sync, by rank (each rank's publisher replays its own history)."""
         self._last_resync_at = float("-inf")
         self._left: deque[str] = deque(maxlen=16)
 
@@ -165,17 +170,26 @@ class Feed:
         return []
 
     def on_replay_end(self, token: str, end: ReplayEnd, now: float) -> list[Item]:
-        """The marker closing a replay burst: merge what was replayed with what was held."""
+        """The marker closing one rank's replay burst; once every rank heard in this sync has
+        closed its burst, merge what was replayed with what was held."""
         if token != self.token or not self.syncing:
             return []
         self.stats.replays += 1
-        return self._finish(now, end)
+        if end.run_id in self._left:
+            return []
+        self._ends.pop(end.rank, None)
+        self._ends[end.rank] = end  # newest last: the newest end names the run
+        heard = {e.rank for e in (*self._replay, *self._held) if e.run_id == end.run_id}
+        if heard <= self._ends.keys():
+            return self._finish(now)
+        return []  # other ranks' replays are still on their way (or refused: the deadline ends the wait)
 
     def poll(self, now: float) -> list[Item]:
-        """Call periodically: ends a sync the publisher never answered."""
+        """Call periodically: ends a sync some publisher never answered."""
         if self.syncing and self._deadline is not None and now >= self._deadline:
-            self.stats.sync_timeouts += 1
-            return self._finish(now, None)
+            if not self._ends:
+                self.stats.sync_timeouts += 1
+            return self._finish(now)
         return []
 
     @property
@@ -195,16 +209,16 @@ class Feed:
         self._deadline = now + self.sync_timeout
         self._held = []
         self._replay = []
+        self._ends = {}
         if fresh_token:
             self.token = new_token()
 
-    def _finish(self, now: float, end: ReplayEnd | None) -> list[Item]:
-        held, replay = self._held, self._replay
-        self._held, self._replay = [], []
+    def _finish(self, now: float) -> list[Item]:
+        held, replay, ends = self._held, self._replay, self._ends
+        self._held, self._replay, self._ends = [], [], {}
         self.syncing = False
         self._deadline = None
-        if end is not None and end.run_id in self._left:
-            end = None
+        end = next(reversed(ends.values()), None)
         if end is not None:
             target: str | None = end.run_id
         elif held:
@@ -227,11 +241,11 @@ class Feed:
         by_rank: dict[int, list[Entry]] = {}
         for env in replayed + live:
             by_rank.setdefault(env.rank, []).append(env)
-        ends = _end_seqs(end, replayed, live)
+        ends_seq = {r: e.last_seq for r, e in ends.items() if e.run_id == target}
         out: list[Item] = []
         streams: list[list[Entry]] = []
-        for rank in sorted(by_rank.keys() | ends.keys()):
-            streams.append(self._merge_rank(out, rank, by_rank.get(rank, []), live, ends.get(rank), now))
+        for rank in sorted(by_rank.keys() | ends_seq.keys()):
+            streams.append(self._merge_rank(out, rank, by_rank.get(rank, []), live, ends_seq.get(rank), now))
         # Ranks interleave by send time for display only; each rank's own order is its seq.
         for env in heapq.merge(*streams, key=_ts) if len(streams) > 1 else (streams[0] if streams else ()):
             self._emit(out, env)
@@ -304,17 +318,3 @@ class Feed:
         self.stats.gaps += 1
         self.stats.missed += gap.count
         out.append(gap)
-
-
-def _end_seqs(end: ReplayEnd | None, replayed: list[Entry], live: list[Entry]) -> dict[int, int]:
-    """The newest seq the replay end says was sent, per rank.
-
-    A forwarder names every rank (``last_seqs``); a single publisher's ``last_seq`` is its own
-    rank's: the rank its replayed (else held) messages carry, rank 0 when they name none or several.
-    """
-    if end is None:
-        return {}
-    if end.last_seqs:
-        return dict(end.last_seqs)
-    ranks = {e.rank for e in replayed} or {e.rank for e in live}
-    return {ranks.pop() if len(ranks) == 1 else 0: end.last_seq}

@@ -5,23 +5,29 @@ in-memory queue and returns (a full queue drops the event and counts it). The I/
 thread assigns ``seq``, encodes with one reused encoder, sends without blocking, keeps
 the replay cache, answers replay subscriptions and sends a heartbeat every period,
 also while the trainer is stuck in a long ``torch.compile``.
+
+Subscriptions are applied by hand (``XPUB_MANUAL``): only prefixes of this publisher's
+topics and accepted replay topics reach libzmq's subscription table, so no pattern of
+subscriptions grows it. Replays are admitted by ``bus.replay.ReplayQueue`` (rate-limited
+per peer and in total, bounded, refusals counted in every heartbeat) and sent in slices
+between live sends and heartbeats.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import zmq
 
+from bus import replay
 from bus.contract import (
+    EVENT_TYPES,
     REPLAY_TOPIC_PREFIX,
     SCHEMA_VERSION,
     Envelope,
@@ -30,10 +36,12 @@ from bus.contract import (
     ReplayEnd,
     topic_of,
 )
-from bus.endpoint import check_bind, default_endpoint
+from bus.endpoint import check_bind, default_endpoint, validate_endpoint
+from bus.ratelog import rate_limited_logger
+from bus.replay import ReplayCache, ReplayQueue
 from bus.wire import ENCODE_ERRORS, MAX_MESSAGE_BYTES, encode_body, encode_replay_end
 
-log = logging.getLogger(__name__)
+log = rate_limited_logger(__name__)
 
 DEFAULT_REPLAY_DEPTH: dict[str, int] = {
     "training_started": 1,
@@ -44,8 +52,17 @@ DEFAULT_REPLAY_DEPTH: dict[str, int] = {
 }
 """Per event type, how many of the newest messages a late joiner is sent."""
 
-LOG_INTERVAL_S = 10.0
-"""At most one error line per event type in this period."""
+SUBSCRIPTION_INTERVAL_S = 0.01
+"""Subscriptions are read in batches at most this often: a storm of them wakes the I/O thread (and
+takes the GIL from training) 100 times a second, not once per subscription."""
+SUBSCRIPTIONS_PER_TURN = 4096
+"""Subscription messages handled before the I/O thread looks at live traffic and heartbeats again."""
+
+_TOPICS = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
+_LIVE_PREFIXES = frozenset(t[:i].encode() for t in _TOPICS for i in range(len(t) + 1))
+"""Every subscription that can match one of this publisher's topics; any other would match nothing."""
+_REPLAY_PREFIX = REPLAY_TOPIC_PREFIX.encode()
+_MAX_REPLAY_TOPIC = len(_REPLAY_PREFIX) + 64
 
 
 @dataclass
@@ -66,6 +83,8 @@ class PublisherStats:
     dropped_unencodable: int = 0
     replays: int = 0
     replayed: int = 0
+    replays_refused: int = 0
+    """Replay requests refused by the rate limits or the pending bound (also in every heartbeat)."""
 
     @property
     def dropped(self) -> int:
@@ -78,10 +97,17 @@ class PublisherConfig:
     """How the publisher binds and how much it buffers."""
 
     endpoint: str = field(default_factory=default_endpoint)
+    connect: bool = False
+    """Connect to ``endpoint`` (a forwarder's XSUB frontend, any host) instead of binding it."""
     heartbeat_period_s: float = 1.0
     queue_limit: int = 10_000
     sndhwm: int = 10_000
     replay_depth: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_REPLAY_DEPTH))
+    replay_rate_per_s: float = replay.REPLAY_RATE_PER_S
+    replay_burst: int = replay.REPLAY_BURST
+    replay_peer_rate_per_s: float = replay.PEER_RATE_PER_S
+    replay_peer_burst: int = replay.PEER_BURST
+    replay_max_pending: int = replay.MAX_PENDING
     allow_remote: bool = False
     curve_secret_key: bytes | None = None
     curve_public_key: bytes | None = None
@@ -98,19 +124,24 @@ def _topic_bytes(topic: str) -> bytes:
 
 
 class BusPublisher:
-    """Bind an XPUB socket and publish events as envelopes of one run."""
+    """Bind (or connect) an XPUB socket and publish events as envelopes of one run's ``rank``."""
 
-    def __init__(self, run_id: str, config: PublisherConfig | None = None) -> None:
+    def __init__(self, run_id: str, config: PublisherConfig | None = None, *, rank: int = 0) -> None:
         self.run_id = run_id
+        self.rank = rank
         self.config = config or PublisherConfig()
-        check_bind(
-            self.config.endpoint,
-            allow_remote=self.config.allow_remote,
-            curve=self.config.curve_secret_key is not None,
-        )
+        if self.config.connect:
+            validate_endpoint(self.config.endpoint)
+        else:
+            check_bind(
+                self.config.endpoint,
+                allow_remote=self.config.allow_remote,
+                curve=self.config.curve_secret_key is not None,
+            )
         self.stats = PublisherStats()
         self.phase = "starting"
         self.update = 0
+        self._progress_at: float | None = None  # time.monotonic() of the last mark_progress()
         self._queue: deque[tuple[float, Event]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -122,12 +153,17 @@ class BusPublisher:
         self._error: BaseException | None = None
         self._closed = False
         self._seq = 0  # owned by the I/O thread
-        self._last_log: dict[str, float] = {}
         self._flush_timeout = 0.0
         self._ctx = zmq.Context()
-        self._caches: dict[str, deque[tuple[int, bytes]]] = {
-            topic: deque(maxlen=depth) for topic, depth in self.config.replay_depth.items() if depth > 0
-        }
+        c = self.config
+        self.cache = ReplayCache(c.replay_depth)
+        self.replays = ReplayQueue(
+            rate=c.replay_rate_per_s,
+            burst=c.replay_burst,
+            peer_rate=c.replay_peer_rate_per_s,
+            peer_burst=c.replay_peer_burst,
+            max_pending=c.replay_max_pending,
+        )
         self._thread = threading.Thread(target=self._run, name="tamiyo-bus-publisher", daemon=True)
         self.bound_endpoint = ""
 
@@ -153,6 +189,10 @@ class BusPublisher:
             self._wake_pending = True
             os.write(self._wake_w, b"\0")
         return True
+
+    def mark_progress(self) -> None:
+        """The training loop made progress (an env step, a minibatch): heartbeats report its age."""
+        self._progress_at = time.monotonic()
 
     @property
     def last_seq(self) -> int:
@@ -203,12 +243,17 @@ class BusPublisher:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
             sock.setsockopt(zmq.MAXMSGSIZE, 4096)  # inbound: subscriptions only
+            sock.setsockopt(zmq.XPUB_MANUAL, 1)
             if self.config.curve_secret_key is not None:
                 from bus.security import apply_curve_server
 
                 auth = apply_curve_server(sock, ctx, self.config)
-            sock.bind(self.config.endpoint)
-            self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self.config.connect:
+                sock.connect(self.config.endpoint)
+                self.bound_endpoint = self.config.endpoint
+            else:
+                sock.bind(self.config.endpoint)
+                self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException as exc:
             self._error = exc
             sock.close(0)
@@ -231,6 +276,9 @@ class BusPublisher:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        wake_only = zmq.Poller()
+        wake_only.register(self._wake_r, zmq.POLLIN)
+        read_subs_at = 0.0
         period = self.config.heartbeat_period_s
         next_beat = time.monotonic()
         last_dropped = 0
@@ -238,6 +286,7 @@ class BusPublisher:
             now = time.monotonic()
             if now >= next_beat:
                 dropped = self.stats.dropped
+                progress_at = self._progress_at
                 self._send(
                     sock,
                     time.time(),
@@ -249,6 +298,8 @@ class BusPublisher:
                         dropped=dropped,
                         dropped_since_last=dropped - last_dropped,
                         sent=self.stats.sent,
+                        progress_age_s=None if progress_at is None else max(0.0, now - progress_at),
+                        replays_refused=self.stats.replays_refused,
                     ),
                 )
                 last_dropped = dropped
@@ -256,15 +307,22 @@ class BusPublisher:
             if self._stop.is_set():
                 self._drain(sock)
                 return
-            timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000) + 1)
-            for what, _ in poller.poll(timeout_ms):
+            busy = self.replays.pending > 0
+            now = time.monotonic()
+            listen = now >= read_subs_at
+            wait = next_beat - now if listen else min(next_beat, read_subs_at) - now
+            timeout_ms = 0 if busy else max(0, int(wait * 1000) + 1)
+            for what, _ in (poller if listen else wake_only).poll(timeout_ms):
                 if what is sock:
                     self._on_subscription(sock)
+                    read_subs_at = time.monotonic() + SUBSCRIPTION_INTERVAL_S
                 else:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                     self._wake_pending = False
                     self._drain(sock)
+            if busy:
+                self._replay_slice(sock)
 
     def _drain(self, sock: zmq.Socket) -> None:
         queue = self._queue
@@ -276,9 +334,10 @@ class BusPublisher:
         seq = self._seq
         topic = topic_of(event)
         try:
-            body = encode_body(
-                Envelope(schema=SCHEMA_VERSION, run_id=self.run_id, seq=seq, ts=ts, event=event)
+            envelope = Envelope(
+                schema=SCHEMA_VERSION, run_id=self.run_id, seq=seq, ts=ts, event=event, rank=self.rank
             )
+            body = encode_body(envelope)
         except ENCODE_ERRORS as exc:
             # A producer bug; it costs this one event (and no seq), never the publisher thread.
             self.stats.dropped_unencodable += 1
@@ -299,42 +358,60 @@ class BusPublisher:
             self.stats.sent += 1
         except zmq.Again:
             self.stats.dropped_send += 1
-        cache = self._caches.get(topic)
-        if cache is not None:
-            cache.append((seq, body))
+        self.cache.add(seq, topic, body)
 
     def _log_error(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(key, float("-inf")) >= LOG_INTERVAL_S:
-            self._last_log[key] = now
-            log.error(msg, *args)
+        log.error(msg, *args, extra={"ratelimit_key": (id(self), key)})
 
     def _on_subscription(self, sock: zmq.Socket) -> None:
-        while True:
+        """Apply or refuse waiting (un)subscriptions; each must be handled before the next recv."""
+        for _ in range(SUBSCRIPTIONS_PER_TURN):
             try:
-                msg = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if not msg or msg[0] != 1:  # b"\x01" alone is a subscribe-to-everything
+            msg = frame.bytes
+            if not msg or msg[0] > 1:
                 continue
-            self._subscribed.set()
             topic = msg[1:]
-            if topic.startswith(REPLAY_TOPIC_PREFIX.encode()):
-                self._replay(sock, topic)
+            option = zmq.SUBSCRIBE if msg[0] == 1 else zmq.UNSUBSCRIBE
+            if topic in _LIVE_PREFIXES:
+                sock.setsockopt(option, topic)
+                if option == zmq.SUBSCRIBE:
+                    self._subscribed.set()
+            elif topic.startswith(_REPLAY_PREFIX) and len(topic) <= _MAX_REPLAY_TOPIC:
+                if option == zmq.UNSUBSCRIBE:
+                    sock.setsockopt(option, topic)
+                    continue
+                self._subscribed.set()
+                try:
+                    peer = frame.get("Peer-Address")
+                except zmq.ZMQError:
+                    peer = ""
+                if self.replays.request(topic, peer, self.cache.messages, self._seq - 1):
+                    sock.setsockopt(zmq.SUBSCRIBE, topic)  # to the peer that asked, and only if accepted
+                else:
+                    self.stats.replays_refused = self.replays.stats.refused
 
-    def _replay(self, sock: zmq.Socket, topic: bytes) -> None:
-        history = sorted(self._history(), key=lambda item: item[0])
-        for _, body in history:
-            try:
-                sock.send_multipart((topic, body), zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-        end = ReplayEnd(replay_end=True, run_id=self.run_id, last_seq=self._seq - 1, count=len(history))
-        with contextlib.suppress(zmq.Again):
-            sock.send_multipart((topic, encode_replay_end(end)), zmq.NOBLOCK)
-        self.stats.replays += 1
-        self.stats.replayed += len(history)
-
-    def _history(self) -> Iterable[tuple[int, bytes]]:
-        for cache in self._caches.values():
-            yield from cache
+    def _replay_slice(self, sock: zmq.Socket) -> None:
+        taken = self.replays.next_slice()
+        if taken is None:
+            return
+        pending, bodies, done = taken
+        topic = pending.topic
+        for body in bodies:
+            with contextlib.suppress(zmq.Again):
+                sock.send(topic, _SEND_MORE)
+                sock.send(body, _SEND_LAST)
+        self.stats.replayed += len(bodies)
+        if done:
+            end = ReplayEnd(
+                replay_end=True,
+                run_id=self.run_id,
+                last_seq=pending.last_seq,
+                count=len(pending.messages),
+                rank=self.rank,
+            )
+            with contextlib.suppress(zmq.Again):
+                sock.send_multipart((topic, encode_replay_end(end)), zmq.NOBLOCK)
+            self.stats.replays += 1

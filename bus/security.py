@@ -151,16 +151,14 @@ def add_security_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     )
 
 
-def publisher_security(args: argparse.Namespace) -> dict[str, Any]:
-    """PublisherConfig keyword arguments from parsed ``add_security_arguments(.., 'publisher')`` flags."""
-    settings: dict[str, Any] = {"allow_remote": bool(getattr(args, "allow_remote", False))}
-    if getattr(args, "curve_keys", None):
-        settings.update(server_keys(args.curve_keys))
+def publisher_security(*, allow_remote: bool, curve_keys: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """PublisherConfig keyword arguments for ``--allow-remote`` and ``--curve-keys`` (None or '' for none)."""
+    settings: dict[str, Any] = {"allow_remote": allow_remote}
+    if curve_keys:
+        settings.update(server_keys(curve_keys))
     return settings
 
 
-def subscriber_security(args: argparse.Namespace) -> dict[str, Any]:
-    """SubscriberConfig keyword arguments from parsed ``add_security_arguments(.., 'subscriber')`` flags."""
-    if getattr(args, "curve_keys", None):
-        return client_keys(args.curve_keys)
-    return {}
+def subscriber_security(curve_keys: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """SubscriberConfig keyword arguments for ``--curve-keys`` (None or '' for none)."""
+    return client_keys(curve_keys) if curve_keys else {}

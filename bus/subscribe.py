@@ -14,7 +14,6 @@ or a reopened SSH tunnel without being restarted.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from collections import Counter
@@ -27,12 +26,11 @@ from zmq.utils.monitor import recv_monitor_message
 from bus.contract import LIVE_TOPIC_PREFIXES, REPLAY_TOPIC_PREFIX
 from bus.endpoint import default_endpoint, validate_endpoint
 from bus.feed import Feed, Item, Skipped
+from bus.ratelog import rate_limited_logger
 from bus.wire import MAX_MESSAGE_BYTES, WireError, decode, decode_replay_end, replay_topic
 
-log = logging.getLogger(__name__)
-
-REJECT_LOG_INTERVAL_S = 10.0
-"""At most one log line per kind of refused message (and per connection event) in this period."""
+log = rate_limited_logger(__name__)
+"""At most one line per kind of refused message (and per connection event) per LOG_INTERVAL_S."""
 
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 8.0
@@ -112,7 +110,6 @@ class Subscriber:
                 self._monitor.close(0)
             self._sock.close(0)
             raise
-        self._last_log: dict[str, float] = {}
         self._replay_prefix = REPLAY_TOPIC_PREFIX.encode()
         self._reconnect_at: float | None = None
         self._backoff = RECONNECT_MIN_S
@@ -281,10 +278,7 @@ class Subscriber:
         )
 
     def _log(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(key, float("-inf")) >= REJECT_LOG_INTERVAL_S:
-            self._last_log[key] = now
-            log.warning(msg, *args)
+        log.warning(msg, *args, extra={"ratelimit_key": (id(self), key)})
 
     # -- connection -------------------------------------------------------------
 

@@ -11,12 +11,10 @@ from collections.abc import Callable
 from types import FrameType
 
 from bus.feed import Item
+from bus.ratelog import RateLimitFilter
 from bus.subscribe import Subscriber
 
 log = logging.getLogger(__name__)
-
-LOG_INTERVAL_S = 10.0
-"""A repeated log message (same logger and format string) is printed at most once per this many seconds."""
 
 
 class StopSignal:
@@ -70,32 +68,6 @@ def run_loop(
         if tick is not None and now >= next_tick:
             tick(now)
             next_tick = now + tick_interval
-
-
-class RateLimitFilter(logging.Filter):
-    """Lets a message through at most once per ``interval`` per (logger, format string); counts the rest."""
-
-    def __init__(self, interval: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.interval = interval
-        self._clock = clock
-        self._last: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return False
-        if len(self._last) > 1024:  # bounded: forget old keys rather than grow for days
-            self._last.clear()
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            record.msg = f"{record.msg} ({suppressed} similar messages suppressed)"
-        return True
 
 
 def setup_logging(name: str, verbose: bool = False) -> None:

@@ -14,12 +14,17 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from bus.endpoint import EndpointError
+from bus.endpoint import EndpointError, check_endpoint
 from bus.security import SecurityError, add_security_arguments
 from producer import publisher as events
 from producer.config import TrainConfig, add_config_arguments
+from producer.faults import add_fault_arguments, check_fault_ranks
+from producer.world import FORWARDER_FRONTEND, World, world_from_env
+
+if TYPE_CHECKING:
+    from producer.distributed import ProcessGroup
 
 
 class Interrupted(BaseException):
@@ -36,12 +41,16 @@ class BadSetting(Exception):
 class StopFlag:
     """Set by SIGINT/SIGTERM; the training loop checks it every env step."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, collective: bool = False) -> None:
         self.signum: int | None = None
         self.hard = False
         """While True (imports, setup, a torch.compile), a signal raises Interrupted at once."""
         self.armed = True
         """While True, a second signal raises Interrupted even between checks; off while wrapping up."""
+        self.collective = collective
+        """Under torchrun: a signal only sets the flag, and the ranks stop together at an agreed check
+        (a rank that left on its own would strand the others in a collective); torchrun itself kills
+        a rank that has not ended 30 s after it forwarded the signal."""
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -50,7 +59,7 @@ class StopFlag:
         first = self.signum is None
         if first:
             self.signum = signum
-        if self.armed and (self.hard or not first):
+        if self.armed and not self.collective and (self.hard or not first):
             raise Interrupted(signal.Signals(signum).name)
 
     def install(self) -> None:
@@ -70,19 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_arguments(p)
+    add_fault_arguments(p)
     add_security_arguments(p, "publisher")
     return p
 
 
-def config_from_args(argv: Sequence[str] | None) -> TrainConfig:
-    """Parse and validate; bad flags exit 2 through argparse."""
+def config_from_args(argv: Sequence[str] | None, world: World | None = None) -> TrainConfig:
+    """Parse and validate (for this ``world`` of ranks); bad flags exit 2 through argparse."""
     parser = build_parser()
     ns = vars(parser.parse_args(argv))
     ns["curve_keys"] = ns["curve_keys"] or ""
+    ns["faults"] = tuple(ns["faults"])
     cfg = TrainConfig(**{f.name: ns[f.name] for f in fields(TrainConfig) if f.name in ns})
     problems = cfg.validate()
     if cfg.summary_json and not Path(cfg.summary_json).resolve().parent.is_dir():
         problems.append(f"--summary-json: directory of {cfg.summary_json!r} does not exist")
+    world = world or World()
+    if (cfg.connect or world.distributed) and (cfg.allow_remote or cfg.curve_keys):
+        problems.append(
+            "--allow-remote and --curve-keys secure a bound --endpoint; --connect (and torchrun's ranks, "
+            "which connect to a forwarder) bind nothing"
+        )
+    problems += check_fault_ranks(cfg.faults, world.world_size)
     if problems:
         parser.error("; ".join(problems))
     return cfg
@@ -124,8 +142,17 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> int:
-    """Train, publishing through ``tm``, and return the process exit code."""
+def run(
+    cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO, group: ProcessGroup | None = None
+) -> int:
+    """Train, publishing through ``tm``, and return the process exit code.
+
+    With a ``group`` (torchrun), this is one rank: every stop the loop acts on is agreed by all ranks,
+    and only rank 0 draws the progress line and writes the summary.
+    """
+    world = group.world if group else World()
+    should_stop = group.agreed_stop(stop) if group else stop
+    lead = world.rank == 0
     trainer = None
     started = time.monotonic()
     first: list[float] = []
@@ -143,7 +170,7 @@ def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> 
         if waited and not tm.wait_for_subscriber(cfg.wait_for_subscriber, stop) and not stop():
             err.write(f"tamiyo: no subscriber after {cfg.wait_for_subscriber:g}s, training anyway\n")
         stop.hard = True  # importing torch and building the trainer take a while: a signal ends them
-        if stop():
+        if should_stop():
             raise Interrupted("before training")
         import torch
 
@@ -152,10 +179,12 @@ def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> 
 
         torch.set_num_threads(cfg.threads)
         try:
-            device = resolve_device(cfg.device)
+            device = group.device if group else resolve_device(cfg.device)
         except ValueError as exc:
             raise BadSetting(str(exc)) from None
-        trainer = Trainer(cfg, device, phase=on_phase)
+        trainer = Trainer(
+            cfg, device, phase=on_phase, progress=tm.mark_progress, interrupted=stop, group=group
+        )
         tm.publish(
             events.training_started(
                 cfg,
@@ -163,15 +192,18 @@ def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> 
                 slot_ids=slot_ids(cfg.n_slots),
                 policy_device=str(device),
                 torch_version=torch.__version__,
+                world_size=world.world_size,
+                rank=world.rank,
             )
         )
         stop.hard = False
         started = time.monotonic()
+        tm.mark_progress()  # the training loop starts: heartbeats report progress from here on
         for update in range(1, cfg.updates + 1):
-            if stop():
+            if should_stop():
                 break
             tm.set_update(update)
-            rollout = trainer.rollout(stop)
+            rollout = trainer.rollout(should_stop)
             if rollout is None:
                 break
             tm.publish(
@@ -189,20 +221,21 @@ def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> 
                 recent = [*recent, mean][-cfg.return_window :]
                 if len(first) < cfg.return_window:
                     first.append(mean)
-            metrics = trainer.update(stop)
+            metrics = trainer.update(should_stop)
             if metrics is None:
                 break
             if metrics["gradient_cv_step"] == metrics["train_steps"]:
                 gradient_cvs.append(metrics["gradient_cv"])
             tm.publish(events.ppo_update(metrics))
-            progress.show(
-                update,
-                rollout.fps,
-                recent[-1] if recent else None,
-                metrics["kl_divergence"],
-                time.monotonic() - started,
-            )
-        if stop():
+            if lead:
+                progress.show(
+                    update,
+                    rollout.fps,
+                    recent[-1] if recent else None,
+                    metrics["kl_divergence"],
+                    time.monotonic() - started,
+                )
+        if should_stop():
             reason = "interrupted"
     except Interrupted:
         reason = "interrupted"
@@ -213,14 +246,15 @@ def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> 
         reason, error, tb, code = "crashed", f"{type(exc).__name__}: {exc}", traceback.format_exc(), 1
     stop.armed = False
     stop.hard = False
-    progress.end()
+    if lead:
+        progress.end()
     if reason == "interrupted":
         code = stop.exit_code
     updates = trainer.train_steps if trainer else 0
     env_steps = trainer.env_steps if trainer else 0
     tm.set_phase("finished")
     tm.publish(events.training_finished(reason, updates=updates, env_steps=env_steps, error=error))
-    if cfg.summary_json:
+    if cfg.summary_json and lead:
         elapsed = time.monotonic() - started
         summary = {
             "run_id": tm.run_id,
@@ -242,7 +276,7 @@ def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> 
                 json.dump(summary, fh, indent=2)
         except OSError as exc:
             err.write(f"tamiyo: could not write the summary: {exc}\n")
-    if reason == "interrupted":
+    if reason == "interrupted" and lead:
         err.write(f"tamiyo: interrupted after {updates} updates\n")
     elif reason == "crashed":
         err.write(tb)
@@ -250,40 +284,83 @@ def run(cfg: TrainConfig, tm: events.Telemetry, stop: StopFlag, err: TextIO) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_args(argv)
-    stop = StopFlag()
+    world = world_from_env()
+    cfg = config_from_args(argv, world)
+    stop = StopFlag(collective=world.distributed)
     stop.install()
     run_id = new_run_id()
     err = sys.stderr
+    group = None
+    if world.distributed:
+        try:
+            group = start_group(world, cfg.device)
+        except BadSetting as exc:
+            err.write(f"tamiyo: {exc}\n")
+            return 2
+        run_id = group.shared_run_id(run_id)
+    connect = cfg.connect or (FORWARDER_FRONTEND if world.distributed else "")
     try:
+        if cfg.telemetry:
+            check_endpoint(cfg.endpoint, bind=True)
         telemetry: events.Telemetry = (
             events.BusTelemetry(
-                run_id, cfg.endpoint, allow_remote=cfg.allow_remote, curve_keys=cfg.curve_keys
+                run_id,
+                connect or cfg.endpoint,
+                allow_remote=cfg.allow_remote,
+                curve_keys=cfg.curve_keys,
+                connect=bool(connect),
+                rank=world.rank,
             )
             if cfg.telemetry
             else events.NullTelemetry(run_id)
         )
     except (EndpointError, SecurityError) as exc:
         err.write(f"tamiyo: {exc}\n")
-        return 2
+        return end_group(group, 2)
     except Exception as exc:  # zmq.ZMQError and friends: a port in use, a bad address
-        err.write(f"tamiyo: cannot bind {cfg.endpoint}: {exc}\n")
-        return 1
-    if telemetry.endpoint:
-        err.write(f"tamiyo: publishing on {telemetry.endpoint} (run {run_id})\n")
-    else:
+        err.write(f"tamiyo: cannot {'connect to' if connect else 'bind'} {connect or cfg.endpoint}: {exc}\n")
+        return end_group(group, 1)
+    if world.rank > 0:
+        pass  # rank 0 speaks for the ranks
+    elif not telemetry.endpoint:
         err.write(f"tamiyo: telemetry off (run {run_id})\n")
+    elif world.distributed:
+        ranks = world.world_size
+        err.write(f"tamiyo: {ranks} ranks publishing through {telemetry.endpoint} (run {run_id})\n")
+    elif connect:
+        err.write(f"tamiyo: publishing through {telemetry.endpoint} (run {run_id})\n")
+    else:
+        err.write(f"tamiyo: publishing on {telemetry.endpoint} (run {run_id})\n")
     err.flush()
     try:
-        code = run(cfg, telemetry, stop, err)
+        code = run(cfg, telemetry, stop, err, group)
     finally:
         telemetry.close()
+        end_group(group, 0)
     if code in (130, 143):
         # Everything is sent, written and closed: skip the interpreter's teardown of torch
         # (about a second on a small machine) so that Ctrl-C ends the process promptly.
         sys.stdout.flush()
         err.flush()
         os._exit(code)
+    return code
+
+
+def start_group(world: World, device_name: str) -> ProcessGroup:
+    """Join torchrun's process group on this rank's device; BadSetting when the device is missing."""
+    from producer.distributed import ProcessGroup
+    from producer.trainer import resolve_device
+
+    try:
+        device = resolve_device(device_name)
+    except ValueError as exc:
+        raise BadSetting(str(exc)) from None
+    return ProcessGroup(world, device)
+
+
+def end_group(group: ProcessGroup | None, code: int) -> int:
+    if group is not None:
+        group.close()
     return code
 
 

@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any, get_type_hints
 
 from bus.endpoint import default_endpoint
+from producer.faults import check_faults
 
 
 def knob(
@@ -93,6 +94,9 @@ class TrainConfig:
     """Measure gradient_cv and CUDA memory when train_steps % diagnostics_every == 0."""
     endpoint: str = knob(default_factory=default_endpoint)
     """Bind the telemetry XPUB socket here ($TAMIYO_ENDPOINT, else tcp://127.0.0.1:5555)."""
+    connect: str = knob("", metavar="ENDPOINT")
+    """Connect to a forwarder's frontend at ENDPOINT (any host) instead of binding --endpoint; under
+    torchrun with several ranks every rank connects, to tcp://127.0.0.1:5556 (make bus) unless given."""
     allow_remote: bool = knob(False, flag=False)  # --allow-remote: bus.security.add_security_arguments
     """Allow binding a non-loopback address; needs ``curve_keys`` (prefer an SSH tunnel)."""
     curve_keys: str = knob("", flag=False)  # --curve-keys: bus.security.add_security_arguments
@@ -102,9 +106,11 @@ class TrainConfig:
     wait_for_subscriber: float = knob(0.0, ge=0.0, metavar="SECONDS")
     """Before training, wait up to SECONDS for a consumer to subscribe."""
     summary_json: str = knob("", metavar="PATH")
-    """Write a JSON summary of the run to PATH at the end ("" = none)."""
+    """Write a JSON summary of the run to PATH at the end ("" = none; under torchrun, rank 0's)."""
     return_window: int = knob(20, ge=1, flag=False)
     """Rollouts (with finished episodes) averaged for the summary's first/last mean return."""
+    faults: tuple[str, ...] = knob((), flag=False)  # --fault: producer.faults.add_fault_arguments
+    """Injected faults, as ``KIND[:ARG]@UPDATE`` texts (see producer.faults)."""
 
     # -- torch.compile ---------------------------------------------------------
     compile: bool = knob(False)
@@ -117,6 +123,7 @@ class TrainConfig:
     def validate(self) -> list[str]:
         """Every problem with these settings, as messages for the user; empty when fine."""
         problems = [p for f in fields(self) if (p := check_value(f.name, getattr(self, f.name)))]
+        problems += check_faults(self.faults)
         if self.num_minibatches >= 1 and self.n_envs % self.num_minibatches:
             problems.append(
                 f"n_envs ({self.n_envs}) must be a multiple of num_minibatches ({self.num_minibatches}): "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,3 +140,25 @@ class Policy(nn.Module):
         # Zero the padding's -inf before multiplying: 0 * -inf would make NaN gradients.
         head_entropy = -(probs * torch.where(self.choice_mask, logp, 0.0)).sum(-1)
         return self._action_logprob(logp, actions), head_entropy, self.critic(core).squeeze(-1)
+
+
+class SequenceEval(nn.Module):
+    """The update's forward pass over whole sequences (unroll, then the heads): the module DDP wraps.
+
+    ``heads_fn`` is ``policy.heads_out`` or its compiled version.
+    """
+
+    def __init__(self, policy: Policy, heads_fn: Callable[..., Any] | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.heads_fn = heads_fn or policy.heads_out
+
+    def forward(
+        self,
+        obs: torch.Tensor,
+        state: LSTMState,
+        done: torch.Tensor,
+        spans: list[tuple[int, int]],
+        actions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.heads_fn(self.policy.unroll(obs, state, done, spans), actions)

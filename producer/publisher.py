@@ -7,7 +7,6 @@ with no socket at all, for ``--no-telemetry`` overhead runs.
 
 from __future__ import annotations
 
-import argparse
 import math
 import socket
 import time
@@ -28,24 +27,36 @@ class Telemetry(Protocol):
 
     run_id: str
     endpoint: str
-    """The bound endpoint ("" when telemetry is off)."""
+    """The bound (or connected) endpoint ("" when telemetry is off)."""
 
     def set_phase(self, phase: str) -> None: ...
     def set_update(self, update: int) -> None: ...
+    def mark_progress(self) -> None:
+        """The training loop made progress (an env step or a minibatch); must be cheap."""
+
     def publish(self, event: Event) -> None: ...
     def wait_for_subscriber(self, timeout: float, should_stop: Callable[[], bool]) -> bool: ...
     def close(self) -> None: ...
 
 
 class BusTelemetry:
-    """Publishes through a BusPublisher bound to ``endpoint``; raises EndpointError/ZMQError if it cannot."""
+    """Publishes rank ``rank``'s events through a BusPublisher bound to ``endpoint`` (connected to it with
+    ``connect``); raises EndpointError/ZMQError if it cannot."""
 
     def __init__(
-        self, run_id: str, endpoint: str, *, allow_remote: bool = False, curve_keys: str = ""
+        self,
+        run_id: str,
+        endpoint: str,
+        *,
+        allow_remote: bool = False,
+        curve_keys: str = "",
+        connect: bool = False,
+        rank: int = 0,
     ) -> None:
         self.run_id = run_id
-        security = publisher_security(argparse.Namespace(allow_remote=allow_remote, curve_keys=curve_keys))
-        self.publisher = BusPublisher(run_id, PublisherConfig(endpoint=endpoint, **security)).start()
+        security = publisher_security(allow_remote=allow_remote, curve_keys=curve_keys)
+        config = PublisherConfig(endpoint=endpoint, connect=connect, **security)
+        self.publisher = BusPublisher(run_id, config, rank=rank).start()
         self.endpoint = self.publisher.bound_endpoint
 
     def set_phase(self, phase: str) -> None:
@@ -53,6 +64,9 @@ class BusTelemetry:
 
     def set_update(self, update: int) -> None:
         self.publisher.update = update
+
+    def mark_progress(self) -> None:
+        self.publisher.mark_progress()
 
     def publish(self, event: Event) -> None:
         self.publisher.publish(event)
@@ -86,6 +100,9 @@ class NullTelemetry:
     def set_update(self, update: int) -> None:
         pass
 
+    def mark_progress(self) -> None:
+        pass
+
     def publish(self, event: Event) -> None:
         self.events += 1
 
@@ -103,8 +120,10 @@ def training_started(
     slot_ids: Sequence[str],
     policy_device: str,
     torch_version: str,
+    world_size: int = 1,
+    rank: int = 0,
 ) -> TrainingStarted:
-    """The run's static metadata."""
+    """The run's static metadata, as rank ``rank`` of ``world_size`` sees it."""
     planned_episodes = cfg.updates * cfg.rollout_steps * cfg.n_envs // cfg.max_epochs
     return TrainingStarted(
         n_envs=cfg.n_envs,
@@ -125,8 +144,8 @@ def training_started(
         compile_backend=cfg.compile_backend if cfg.compile else "",
         compile_mode=cfg.compile_mode if cfg.compile else "",
         action_heads=dict(heads),
-        world_size=1,
-        rank=0,
+        world_size=world_size,
+        rank=rank,
         total_updates=cfg.updates,
         rollout_steps=cfg.rollout_steps,
         num_minibatches=cfg.num_minibatches,
@@ -164,13 +183,9 @@ def batch_completed(
 
 
 def ppo_update(metrics: Mapping[str, Any]) -> PPOUpdate:
-    """A PPOUpdate from the trainer's metrics; every required field is read directly (a missing one is a bug).
-
-    A field with a default that a single process does not measure (``compute_time_ms``) may be absent.
-    """
+    """A PPOUpdate from the trainer's metrics; every field is read directly (a missing one is a bug)."""
     names = PPOUpdate.__struct_fields__
-    defaulted = names[len(names) - len(PPOUpdate.__struct_defaults__) :]
-    return PPOUpdate(**{name: metrics[name] for name in names if name in metrics or name not in defaulted})
+    return PPOUpdate(**{name: metrics[name] for name in names})
 
 
 def training_finished(reason: str, *, updates: int, env_steps: int, error: str = "") -> TrainingFinished:

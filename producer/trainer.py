@@ -27,10 +27,14 @@ from producer.diagnostics import (
     explained_variance,
     to_host,
 )
+from producer.distributed import ProcessGroup
 from producer.env import TamiyoEnv
-from producer.model import Policy, segments
+from producer.faults import FaultContext, Faults
+from producer.model import Policy, SequenceEval, segments
+from producer.timing import RankTimer
 
 PhaseHook = Callable[[str], None]
+ProgressHook = Callable[[], None]
 StopCheck = Callable[[], bool]
 
 
@@ -55,20 +59,38 @@ class RolloutStats:
 
 
 class Trainer:
-    """Owns the env, the policy and the optimiser; ``rollout()`` then ``update()`` is one PPO iteration."""
+    """Owns the env, the policy and the optimiser; ``rollout()`` then ``update()`` is one PPO iteration.
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, phase: PhaseHook | None = None) -> None:
+    ``progress`` is called after every env step and every minibatch; ``interrupted`` says this
+    process was asked to stop (a ``hang`` fault waits on it). With a ``group`` (torchrun), the
+    policy is trained under DDP and this rank's env batch is seeded ``seed + rank``.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        device: torch.device,
+        phase: PhaseHook | None = None,
+        *,
+        progress: ProgressHook | None = None,
+        interrupted: StopCheck | None = None,
+        group: ProcessGroup | None = None,
+    ) -> None:
         self.cfg = cfg
         self.device = device
         self.set_phase: PhaseHook = phase or (lambda _phase: None)
-        torch.manual_seed(cfg.seed)
+        self.progress: ProgressHook = progress or (lambda: None)
+        self.interrupted: StopCheck = interrupted or (lambda: False)
+        self.rank = group.world.rank if group else 0
+        seed = cfg.seed + self.rank
+        torch.manual_seed(seed)  # DDP then gives every rank rank 0's initial weights
         self.env = TamiyoEnv(
             cfg.n_envs,
             n_slots=cfg.n_slots,
             max_epochs=cfg.max_epochs,
             param_budget=cfg.param_budget,
             device=device,
-            seed=cfg.seed,
+            seed=seed,
         )
         self.heads = self.env.heads
         self.policy = Policy(self.env.obs_dim, self.heads, cfg.hidden_size).to(device)
@@ -82,10 +104,14 @@ class Trainer:
             options = {"backend": cfg.compile_backend, "mode": cfg.compile_mode}
             self.step_fn = torch.compile(self.policy.step, **options)
             self.heads_fn = torch.compile(self.policy.heads_out, **options)
+        self.timer = RankTimer(device)
+        evaluate = SequenceEval(self.policy, self.heads_fn)
+        self.evaluate: nn.Module = group.wrap(evaluate, self.timer) if group else evaluate
+        self.faults = Faults(cfg.faults)
         self.sample_gen = torch.Generator(device=device)
-        self.sample_gen.manual_seed(cfg.seed + 1)
+        self.sample_gen.manual_seed(seed + 1)
         self.shuffle_gen = torch.Generator()
-        self.shuffle_gen.manual_seed(cfg.seed + 2)
+        self.shuffle_gen.manual_seed(seed + 2)
 
         T, B = cfg.rollout_steps, cfg.n_envs
         n_heads = len(self.heads)
@@ -161,6 +187,7 @@ class Trainer:
             self.ended_returns[t] = result.episode_return
             self.next_obs = result.obs
             self.next_done = result.done.float()
+            self.progress()
         self._compute_gae()
         T = cfg.rollout_steps
         n = T * cfg.n_envs
@@ -206,6 +233,8 @@ class Trainer:
         if cfg.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - self.train_steps / cfg.updates)
         measure = self.throttled.due(self.train_steps)
+        self.timer.reset()
+        fault_ctx = FaultContext(update=self.train_steps + 1, rank=self.rank, interrupted=self.interrupted)
         spans = segments(self.episode_starts, cfg.rollout_steps)
         n_minibatches = cfg.update_epochs * cfg.num_minibatches
         totals: dict[str, Any] = {}
@@ -217,25 +246,41 @@ class Trainer:
                 if should_stop():
                     return None
                 grad_row = self._cv_rows()[k] if measure else None
-                stats, health = self._minibatch_step(mb, spans, grad_row, last=k == n_minibatches - 1)
+                stats, health = self._minibatch_step(
+                    mb, spans, grad_row, fault_ctx, last=k == n_minibatches - 1
+                )
                 totals = {name: totals.get(name, 0) + value for name, value in stats.items()}
                 k += 1
         assert health is not None
         return self._summary(totals, n_minibatches, health, measure, started)
 
     def _minibatch_step(
-        self, mb: torch.Tensor, spans: list[tuple[int, int]], grad_row: torch.Tensor | None, *, last: bool
+        self,
+        mb: torch.Tensor,
+        spans: list[tuple[int, int]],
+        grad_row: torch.Tensor | None,
+        fault_ctx: FaultContext,
+        *,
+        last: bool,
     ) -> tuple[dict[str, torch.Tensor], LayerHealth | None]:
         """One gradient step on the whole env sequences ``mb``; its diagnostics as detached tensors.
 
         ``grad_row`` (on a measuring update) receives the minibatch's flat gradient for gradient_cv;
-        ``last`` classifies the layers too. Both see the raw gradient, before clipping.
+        ``last`` classifies the layers too. Both see the raw gradient (under DDP: all-reduced), before
+        clipping. The timer marks the forward's start and backward's return (see producer.timing).
         """
         cfg = self.cfg
         h0, c0 = self.initial_lstm_state
-        core = self.policy.unroll(self.obs[:, mb], (h0[mb], c0[mb]), self.dones[:, mb], spans)
+        self.timer.start()
         newlogprob, head_entropy, newvalue = self._first_call(
-            "heads", self.heads_fn, "update", core, self.actions[:, mb]
+            "heads",
+            self.evaluate,
+            "update",
+            self.obs[:, mb],
+            (h0[mb], c0[mb]),
+            self.dones[:, mb],
+            spans,
+            self.actions[:, mb],
         )  # type: ignore[misc]
         logratio = newlogprob - self.logprobs[:, mb]
         ratio = logratio.exp()
@@ -245,9 +290,11 @@ class Trainer:
         v_loss = self._value_loss(newvalue, mb)
         entropy = head_entropy.sum(-1).mean()
         loss = pg_loss - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss
+        self.faults.fire("minibatch_compute", fault_ctx)
 
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
+        self.timer.done()
         with torch.no_grad():
             flat = torch.cat([p.grad.reshape(-1) for p in self.params], out=grad_row)
             stats = {
@@ -270,6 +317,7 @@ class Trainer:
                 "grad_norm": grad_norm,
                 "head_entropy": head_entropy.mean((0, 1)).detach(),
             }
+        self.progress()
         return stats, health
 
     def _summary(
@@ -287,6 +335,7 @@ class Trainer:
             if measure:
                 values["gradient_cv"], cv_seconds = self._gradient_cv()
         host = to_host(values)  # the update's one host sync
+        compute_ms, wait_ms = self.timer.totals_ms()
         self.train_steps += 1
         diag_s = 0.0
         if measure:
@@ -311,6 +360,8 @@ class Trainer:
             "head_grad_norm": dict(zip(self.heads, host["head_grad_norm"], strict=True)),
             "lr": self.optimizer.param_groups[0]["lr"],
             "update_time_ms": update_ms,
+            "compute_time_ms": compute_ms,
+            "collective_wait_ms": wait_ms,
         }
 
     def _gradient_cv(self) -> tuple[torch.Tensor, Callable[[], float]]:

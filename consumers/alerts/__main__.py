@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import EndpointError, default_endpoint
+from bus.endpoint import EndpointError, check_endpoint, default_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import Subscriber, SubscriberConfig
 from consumers.alerts.daemon import AlertDaemon
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         sinks.append(hook)
     daemon = AlertDaemon(rules, sinks)
     try:
-        subscriber = Subscriber(SubscriberConfig(endpoint=args.endpoint, **subscriber_security(args)))
+        endpoint = check_endpoint(args.endpoint)
+        subscriber = Subscriber(SubscriberConfig(endpoint=endpoint, **subscriber_security(args.curve_keys)))
     except (EndpointError, SecurityError) as exc:
         print(f"alerts: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from bus.aggregator import Aggregator
 from bus.contract import Envelope
 from bus.feed import Item
+from bus.text import printable
 from consumers.alerts.engine import AlertEngine, Notification
 from consumers.alerts.rules import Rule
 
@@ -43,7 +44,7 @@ class AlertDaemon:
         state = self.aggregator.state
         if state.run.run_id != self._run_id:
             self._run_id = state.run.run_id
-            log.info("following run %s", self._run_id)
+            log.info("following run %s", printable(self._run_id))
 
     def tick(self, now: float) -> None:
         """Time-based rules (producer silent, counter windows) move on without input."""

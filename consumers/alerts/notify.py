@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
+from bus.text import printable
 from consumers.alerts.engine import FIRING, Notification
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,15 @@ EXEC_READ_CHUNK = 64 * 1024
 
 
 def format_line(n: Notification) -> str:
-    """``2025-01-01T12:00:00Z FIRING   gradient_cv [warning] run 3f2a update 40: gradient_cv=2.41 (...)``."""
+    """``2025-01-01T12:00:00Z FIRING   gradient_cv [warning] run 3f2a update 40: gradient_cv=2.41 (...)``.
+
+    Always one line of printable text: control characters and terminal escapes in any string
+    (a run id, a summary filled from the wire) are written out as ``\\x1b`` and the like.
+    """
+    return printable(_line(n))
+
+
+def _line(n: Notification) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(n.at))
     value = "n/a" if n.value is None else f"{n.value:.4g}"
     where = "" if n.rank is None else f" rank {n.rank}"
@@ -191,7 +200,7 @@ class ExecHook:
         if proc.returncode != 0:
             self.failed += 1
             lines = self.last_output.value().decode("utf-8", "replace").strip().splitlines()
-            last = _printable(lines[-1][-200:]) if lines else ""
+            last = printable(lines[-1][-200:]) if lines else ""
             log.error(
                 "--exec hook exited %d for the %s alert of %s%s",
                 proc.returncode,
@@ -236,11 +245,6 @@ def _exchange(proc: subprocess.Popen[bytes], payload: bytes, out: Tail, deadline
     except subprocess.TimeoutExpired:
         return False
     return True
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters (terminal escapes included) written as ``\\x1b`` and the like."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:

@@ -7,13 +7,17 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import EndpointError, default_endpoint
+from bus.endpoint import EndpointError, check_endpoint, default_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import Subscriber, SubscriberConfig
 from consumers.archiver.archiver import FLUSH_INTERVAL_S, Archiver
 from consumers.runtime import StopSignal, run_loop, setup_logging
 
 log = logging.getLogger("consumers.archiver")
+
+EXIT_ROWS_LOST = 3
+"""Exit status when the disk refused rows (ENOSPC, EIO): the summary lines say how many and of what.
+0: every row received reached disk; 1: stopped by an I/O error it could not work around; 2: bad arguments."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out, flush_interval=args.flush_interval, tick_interval=tick, fsync=not args.no_fsync
     )
     try:
-        subscriber = Subscriber(SubscriberConfig(endpoint=args.endpoint, **subscriber_security(args)))
+        endpoint = check_endpoint(args.endpoint)
+        subscriber = Subscriber(SubscriberConfig(endpoint=endpoint, **subscriber_security(args.curve_keys)))
     except (EndpointError, SecurityError) as exc:
         print(f"archiver: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"archiver: refused {rejected} bad messages ({kinds})", flush=True)
         if not archiver.runs_seen:
             print("archiver: no run seen", flush=True)
+    if archiver.rows_lost:
+        return EXIT_ROWS_LOST
     return 0 if ok and not failed else 1
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from bus.aggregator import Aggregator
 from bus.contract import Envelope
 from bus.feed import Gap, Item
+from bus.text import printable
 from consumers.archiver.run import RunArchive
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Archiver:
         self.aggregator = Aggregator()
         self.run: RunArchive | None = None
         self.runs_seen = 0
+        self.rows_lost = 0
+        """Rows of every run so far that the disk refused (each run's summary names them)."""
         self._last_flush = time.monotonic()
 
     def handle(self, items: list[Item], now: float) -> None:
@@ -80,7 +83,12 @@ class Archiver:
         self._close_run()
         run = self.run = RunArchive(self.out, env.run_id, fsync=self.fsync)
         self.runs_seen += 1
-        log.info("%s run %s in %s", "resuming" if run.resumed else "recording", env.run_id, run.directory)
+        log.info(
+            "%s run %s in %s",
+            "resuming" if run.resumed else "recording",
+            printable(env.run_id),
+            run.directory,
+        )
         return run
 
     def _close_run(self) -> bool:
@@ -88,10 +96,11 @@ class Archiver:
         if run is None:
             return True
         ok = run.close()
+        self.rows_lost += run.lost_total
         state = self.aggregator.state
         line = run.summary()
         if state.run.run_id == run.run_id and state.run.finished:
-            line += f"; training finished ({state.run.finish_reason})"
+            line += f"; training finished ({printable(state.run.finish_reason)})"
         self.report(f"archiver: {line}")
         self.run = None
         return ok

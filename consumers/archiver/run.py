@@ -13,6 +13,8 @@ import msgspec
 
 from bus.contract import TOPICS, Envelope, TrainingStarted, topic_of
 from bus.feed import Gap
+from bus.text import printable
+from consumers.archiver.csvfile import fsync_dir
 from consumers.archiver.table import Table, existing_parts
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ class RunStats:
     """What this archiver wrote for the run in this session."""
 
     rows: dict[str, int] = field(default_factory=dict)
+    """Rows taken in, by event type (what reached disk: these less ``RunArchive.lost()``)."""
+    run_json_lost: int = 0
     duplicates: int = 0
     gaps: int = 0
     missed: int = 0
@@ -104,8 +108,13 @@ class RunArchive:
             if self._started_seq is not None and seq <= self._started_seq:
                 self.stats.duplicates += 1
                 return False
-            self._write_run_json(env, event)  # type: ignore[arg-type]
-            self._started_seq = seq
+            try:
+                self._write_run_json(env, event)  # type: ignore[arg-type]
+            except OSError as exc:  # a full disk: counted lost, the rest of the run still recorded
+                log.error("%s: could not write run.json: %s", self.directory, exc)
+                self.stats.run_json_lost += 1
+            else:
+                self._started_seq = seq
             name = "training_started"
         else:
             sink = self._sinks.get(kind)
@@ -174,7 +183,7 @@ class RunArchive:
         ok = self._gaps.flush() and ok
         paths = (*(t.path for t in self._tables.values()), self._gaps.path)
         if ok and self.fsync and paths != self._synced_paths:
-            _fsync_dir(self.directory)  # a new file's name is durable only once its directory is synced
+            fsync_dir(self.directory)  # a new file's name is durable only once its directory is synced
             self._synced_paths = paths
         return ok
 
@@ -182,15 +191,34 @@ class RunArchive:
         ok = all([t.close() for t in self._tables.values()])
         return self._gaps.close() and ok
 
+    def lost(self) -> dict[str, int]:
+        """Rows taken in but refused by the disk, by event type (``gaps`` for gap records); nonzero only."""
+        out = {name: table.lost_rows for name, table in self._tables.items() if table.lost_rows}
+        if self.stats.run_json_lost:
+            out["training_started"] = self.stats.run_json_lost
+        if self._gaps.lost_rows:
+            out["gaps"] = self._gaps.lost_rows
+        return out
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost().values())
+
     def summary(self) -> str:
+        """One line: the rows that reached disk by event type, then what was missed, lost or skipped."""
         s = self.stats
-        total = sum(s.rows.values())
-        parts = ", ".join(f"{name} {n}" for name, n in sorted(s.rows.items())) or "nothing new"
+        lost = self.lost()
+        written = {name: n - lost.get(name, 0) for name, n in s.rows.items()}
+        total = sum(written.values())
+        parts = ", ".join(f"{name} {n}" for name, n in sorted(written.items())) or "nothing new"
         span = f"seq {s.first_seq}..{s.last_seq}" if s.first_seq is not None else "no new seq"
         line = (
-            f"run {self.run_id}: {total} rows ({parts}; {span}) in {self.directory}; "
+            f"run {printable(self.run_id)}: {total} rows written ({parts}; {span}) in {self.directory}; "
             f"missed {s.missed} messages in {s.gaps} gaps"
         )
+        if lost:
+            kinds = ", ".join(f"{name} {n}" for name, n in sorted(lost.items()))
+            line += f"; LOST {sum(lost.values())} rows the disk refused ({kinds})"
         if s.unseen:
             line += (
                 f"; {s.unseen} not seen (sent while not connected and no longer replayable, or unknown types)"
@@ -198,16 +226,3 @@ class RunArchive:
         if s.duplicates:
             line += f"; {s.duplicates} already on disk skipped"
         return line
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -76,6 +76,7 @@ class Table:
         its own (a restart's replay), so a row's key is (rank, seq)."""
         self.repaired_bytes = 0
         self.rolls = 0
+        self._lost_closed = 0
         self._part = 0
         self._file: CsvFile | None = None
         self._order: dict[tuple[str, ...], list[int] | None] = {}
@@ -97,6 +98,11 @@ class Table:
     @property
     def pending_rows(self) -> int:
         return self._file.pending_rows if self._file is not None else 0
+
+    @property
+    def lost_rows(self) -> int:
+        """Rows the disk refused and that were given up on, across this table's files."""
+        return self._lost_closed + (self._file.rows_lost if self._file is not None else 0)
 
     @property
     def buffered_bytes(self) -> int:
@@ -163,6 +169,7 @@ class Table:
         old = self._file
         if old is not None:
             old.close()
+            self._lost_closed += old.rows_lost
             added = [c for c in columns if c not in (old.header or ())]
             removed = [c for c in (old.header or ()) if c not in columns]
             self.rolls += 1
@@ -185,5 +192,6 @@ class Table:
         if self._file is None:
             return True
         ok = self._file.close()
+        self._lost_closed += self._file.rows_lost
         self._file = None
         return ok

@@ -5,29 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bus.endpoint import EndpointError, default_endpoint, host_of
+from bus.endpoint import EndpointError, check_endpoint, default_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import SubscriberConfig
 from consumers.tui.app import DEFAULT_REFRESH_HZ, EXIT_BAD_ENDPOINT, TamiyoApp
 
 MAX_REFRESH_HZ = 30.0
-
-
-def check_endpoint(endpoint: str) -> str:
-    """Accept tcp://HOST:PORT (port 1-65535) or ipc://PATH; raise EndpointError saying what is wrong."""
-    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
-        return endpoint
-    if not endpoint.startswith("tcp://"):
-        raise EndpointError(
-            f"{endpoint!r} is not an endpoint: use tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
-        )
-    host = host_of(endpoint)
-    port = endpoint.rpartition(":")[2]
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EndpointError(
-            f"{endpoint!r}: a subscriber needs a host and a port 1-65535, e.g. tcp://127.0.0.1:5555"
-        )
-    return endpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         endpoint = check_endpoint(args.endpoint)
-        config = SubscriberConfig(endpoint=endpoint, **subscriber_security(args))
+        config = SubscriberConfig(endpoint=endpoint, **subscriber_security(args.curve_keys))
     except (EndpointError, SecurityError) as exc:
         print(f"tamiyo-tui: {exc}", file=sys.stderr)
         return EXIT_BAD_ENDPOINT

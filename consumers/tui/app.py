@@ -30,6 +30,7 @@ from consumers.tui.widgets.palette import palette_for
 from consumers.tui.widgets.panel import Panel
 from consumers.tui.widgets.ppo_health import PPOHealthPanel
 from consumers.tui.widgets.ranks_panel import RanksPanel
+from consumers.tui.widgets.render import shown
 from consumers.tui.widgets.run_header import RunHeader
 from consumers.tui.widgets.status_banner import StatusBanner
 from consumers.tui.widgets.waiting import WaitingPanel
@@ -39,6 +40,8 @@ NARROW_BELOW = 110
 """Terminal columns below which the heads panel gets a fixed width and the PPO panel the rest."""
 SHORT_BELOW = 34
 """Terminal rows below which the rollout / delivery / config panels are left out (80x24 fits without them)."""
+
+NOTIFY_RUN_ID_MAX = 64
 
 EXIT_SIGTERM = 0
 EXIT_SIGINT = 130
@@ -168,7 +171,13 @@ class TamiyoApp(App[None]):
         self.aggregator.apply_all(items, at)
         after = self.aggregator.state.run.run_id
         if before and after != before:
-            self.notify(f"new run {after} (was {before}): following it", title="Run restarted")
+            # Plain text, not markup: a run id is the producer's to choose ("sweep[lr=3e-4]").
+            new, old = shown(after, NOTIFY_RUN_ID_MAX), shown(before, NOTIFY_RUN_ID_MAX)
+            self.notify(
+                f"new run {new} (was {old}): following it",
+                title="Run restarted",
+                markup=False,
+            )
 
     def on_bus_items(self, message: BusItems) -> None:
         if message.generation != self._generation:

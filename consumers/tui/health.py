@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from bus.derived import entropy_fraction, head_entropy_fractions
 from bus.state import Snapshot
 from consumers.tui import thresholds as th
+from consumers.tui.heads import head_entropy
 from consumers.tui.thresholds import Level
 
 
@@ -39,14 +39,10 @@ def findings(snapshot: Snapshot) -> list[tuple[Level, str]]:
     check(th.GRAD_NORM.level(t.grad_norm), "grad norm")
     check(th.KL.level(t.kl_divergence), "KL")
     check(th.CLIP.level(t.clip_fraction), "clip")
-    frac = entropy_fraction(t.head_entropy, t.head_sizes)
+    frac = head_entropy(snapshot).overall
     if frac is not None:
         check(th.ENTROPY.level(frac), "entropy")
-    collapsed = [
-        h
-        for h, f in head_entropy_fractions(t.head_entropy, t.head_sizes).items()
-        if f is not None and th.HEAD_ENTROPY.level(f) == Level.FAIL
-    ]
+    collapsed = head_entropy(snapshot).collapsed
     if collapsed:
         out.append((Level.WARN, f"{collapsed[0]} head" if len(collapsed) == 1 else f"{len(collapsed)} heads"))
     check(th.EXPLAINED_VARIANCE.level(t.explained_variance), "value fit")

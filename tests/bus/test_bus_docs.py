@@ -14,13 +14,10 @@ from bus_factories import ppo_update, training_started
 from testkit.wait import wait_until
 
 from bus import catalogue
-from bus.contract import EVENT_TYPES, BatchCompleted, Envelope, PPOUpdate, ReplayEnd
+from bus.contract import EVENT_TYPES, Envelope, PPOUpdate, ReplayEnd
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "wire.md"
 METRICS_DOC = DOC.with_name("metrics.md")
-TABLE_IN: dict[type, Path] = {PPOUpdate: METRICS_DOC, BatchCompleted: METRICS_DOC}
-"""Where each event's field table is (docs/wire.md unless named): the per-update and per-batch
-metrics are documented beside their computation, so a new metric touches one doc."""
 
 
 def _section(text: str, heading: str) -> str:
@@ -38,7 +35,7 @@ def _table_fields(section: str) -> set[str]:
 
 def _table_section(event_type: type) -> str:
     tag = event_type.__struct_config__.tag
-    path = TABLE_IN.get(event_type, DOC)
+    path = DOC.with_name(catalogue.doc_of(event_type))
     return _section(path.read_text(), f"{'##' if path == METRICS_DOC else '###'} `{tag}`")
 
 
@@ -52,7 +49,7 @@ def test_the_field_tables_are_the_catalogue_s() -> None:
     """Each event's table is exactly what ``python -m bus.catalogue --markdown`` prints for it."""
     for event_type in EVENT_TYPES:
         section = _table_section(event_type)
-        assert catalogue.table(event_type) in section, "regenerate with python -m bus.catalogue --markdown"
+        assert catalogue.table(event_type) in section, "regenerate with python -m bus.catalogue --update-docs"
 
 
 def test_wire_md_has_a_section_for_every_event_type() -> None:
@@ -114,3 +111,14 @@ def test_the_markdown_command_prints_every_table(capsys) -> None:  # type: ignor
     assert catalogue.main(["--markdown"]) == 0
     out = capsys.readouterr().out
     assert all(catalogue.table(event_type) in out for event_type in EVENT_TYPES)
+
+
+def test_update_docs_rewrites_a_stale_table(tmp_path: Path) -> None:
+    """``--update-docs`` puts the catalogue's table in place of an outdated one, and is idempotent."""
+    for name in ("wire.md", "metrics.md"):
+        (tmp_path / name).write_text((DOC.parent / name).read_text())
+    stale = (tmp_path / "metrics.md").read_text().replace("| `lr` |", "| `lr_old` |", 1)
+    (tmp_path / "metrics.md").write_text(stale)
+    assert catalogue.update_docs(tmp_path) == ["metrics.md"]
+    assert catalogue.table(PPOUpdate) in (tmp_path / "metrics.md").read_text()
+    assert catalogue.update_docs(tmp_path) == []

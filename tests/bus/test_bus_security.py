@@ -71,16 +71,21 @@ def test_cli_helpers_turn_flags_into_config_settings(key_dir: Path) -> None:
     pub_parser = argparse.ArgumentParser()
     add_security_arguments(pub_parser, "publisher")
     args = pub_parser.parse_args(["--allow-remote", "--curve-keys", str(key_dir)])
-    settings = publisher_security(args)
+    settings = publisher_security(allow_remote=args.allow_remote, curve_keys=args.curve_keys)
     assert settings["allow_remote"] is True
     assert settings == {"allow_remote": True, **server_keys(key_dir)}
-    assert publisher_security(pub_parser.parse_args([])) == {"allow_remote": False}
+    default = pub_parser.parse_args([])
+    assert publisher_security(allow_remote=default.allow_remote, curve_keys=default.curve_keys) == {
+        "allow_remote": False
+    }
 
     sub_parser = argparse.ArgumentParser()
     add_security_arguments(sub_parser, "subscriber")
     bundle = key_dir / "clients" / "laptop"
-    assert subscriber_security(sub_parser.parse_args(["--curve-keys", str(bundle)])) == client_keys(bundle)
-    assert subscriber_security(sub_parser.parse_args([])) == {}
+    assert subscriber_security(
+        sub_parser.parse_args(["--curve-keys", str(bundle)]).curve_keys
+    ) == client_keys(bundle)
+    assert subscriber_security(sub_parser.parse_args([]).curve_keys) == {}
     with pytest.raises(SystemExit):
         sub_parser.parse_args(["--allow-remote"])
     with pytest.raises(SecurityError, match=r"bus\.keys generate"):
@@ -91,9 +96,8 @@ def test_authorized_consumer_receives_and_one_without_an_allowed_key_receives_no
     key_dir: Path, tmp_path: Path, make_publisher, make_subscriber
 ) -> None:
     # Bound on every interface (with the flag and keys); the test's traffic stays on 127.0.0.1.
-    pub = make_publisher("run-remote", endpoint="tcp://0.0.0.0:*", **publisher_security(
-        argparse.Namespace(allow_remote=True, curve_keys=str(key_dir))
-    ))  # fmt: skip
+    security = publisher_security(allow_remote=True, curve_keys=key_dir)
+    pub = make_publisher("run-remote", endpoint="tcp://0.0.0.0:*", **security)
     port = pub.bound_endpoint.rsplit(":", 1)[1]
     endpoint = f"tcp://127.0.0.1:{port}"
 

@@ -39,7 +39,7 @@ def test_every_field_has_a_docstring_and_every_flag_shows_it() -> None:
 def test_flags_keep_their_names_and_the_config_defaults() -> None:
     options = {o for a in build_parser()._actions for o in a.option_strings}
     expected = {_flag(f.name) for f in FLAGGED} - {"--telemetry"} | {"--no-telemetry"}
-    assert expected | {"-h", "--help", "--allow-remote", "--curve-keys"} == options
+    assert expected | {"-h", "--help", "--allow-remote", "--curve-keys", "--fault"} == options
     assert config_from_args([]) == TrainConfig(curve_keys=TrainConfig().curve_keys)
 
 

@@ -229,6 +229,8 @@ def test_sigterm_without_telemetry_exits_143(producer: Callable[..., Proc]) -> N
         (["--endpoint", "tcp://0.0.0.0:5999", "--allow-remote"], "needs CURVE keys"),
         (["--curve-keys", "/nonexistent-keys"], "python -m bus.keys generate"),
         (["--summary-json", "/nonexistent-dir/summary.json"], "does not exist"),
+        (["--connect", "tcp://127.0.0.1:5556", "--allow-remote"], "--connect (and torchrun's ranks"),
+        (["--connect", "udp://somewhere"], "only tcp://, ipc:// and inproc://"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(args: list[str], message: str) -> None:

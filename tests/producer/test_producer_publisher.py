@@ -16,11 +16,14 @@ import zmq
 from bus.contract import (
     BatchCompleted,
     Event,
+    Heartbeat,
     PPOUpdate,
     TrainingFinished,
     TrainingStarted,
 )
+from bus.publish import BusPublisher, PublisherConfig
 from bus.subscribe import Subscriber, SubscriberConfig
+from bus.wire import decode
 from producer import publisher as events
 from producer.__main__ import StopFlag, run
 from producer.config import TrainConfig
@@ -45,6 +48,10 @@ class RecordingTelemetry:
         self.events: list[Event] = []
         self.phases: list[str] = []
         self.updates: list[int] = []
+        self.progress_marks = 0
+
+    def mark_progress(self) -> None:
+        self.progress_marks += 1
 
     def set_phase(self, phase: str) -> None:
         if not self.phases or self.phases[-1] != phase:
@@ -159,6 +166,9 @@ def test_run_publishes_started_batches_updates_and_finished(tmp_path: Path) -> N
     assert tm.events[-1] == TrainingFinished(reason="done", updates=3, env_steps=96)
     assert tm.phases == ["rollout", "update", "rollout", "update", "rollout", "update", "finished"]
     assert tm.updates == [1, 2, 3]
+    # The loop's start, then every env step (8 per rollout) and every minibatch (2 per update).
+    assert tm.progress_marks == 1 + 3 * (8 + 2)
+    assert all(u.compute_time_ms > 0 and u.collective_wait_ms == 0.0 for u in updates)
     lines = err.getvalue().splitlines()
     assert lines[0].startswith("update 1/3") and lines[-1].startswith("update 3/3")
     data = json.loads(summary.read_text())
@@ -204,3 +214,65 @@ def test_events_round_trip_through_msgpack_maps() -> None:
     )
     raw = msgspec.msgpack.decode(msgspec.msgpack.encode(ev))
     assert isinstance(raw, dict) and raw["type"] == "batch_completed" and raw["return_mean"] is None
+
+
+def test_bus_telemetry_connects_to_a_forwarder_and_stamps_its_rank(forwarder: tuple[str, str]) -> None:
+    frontend, backend = forwarder
+    tm = events.BusTelemetry("run-ranked", frontend, connect=True, rank=3)
+    try:
+        assert tm.endpoint == frontend
+        with Subscriber(SubscriberConfig(endpoint=backend)) as sub:
+            assert tm.wait_for_subscriber(10.0, lambda: False)  # the subscription came through the forwarder
+            tm.publish(events.training_finished("done", updates=0, env_steps=0))
+            got: list[Any] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                isinstance(getattr(i, "event", None), TrainingFinished) for i in got
+            ):
+                got += sub.receive(0.1)
+        envelopes = [i for i in got if hasattr(i, "rank")]
+        assert (
+            envelopes
+            and {e.rank for e in envelopes} == {3}
+            and {e.run_id for e in envelopes} == {"run-ranked"}
+        )
+    finally:
+        tm.close()
+
+
+def test_heartbeats_carry_the_age_of_the_last_progress(forwarder: tuple[str, str]) -> None:
+    frontend, backend = forwarder
+    config = PublisherConfig(endpoint=frontend, connect=True, heartbeat_period_s=0.05)
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.subscribe(b"heartbeat")
+    sub.connect(backend)
+    ages: list[float | None] = []
+
+    def beats(n: int) -> list[float | None]:
+        got: list[float | None] = []
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            if sub.poll(100):
+                event = decode(sub.recv_multipart()[1]).event
+                assert isinstance(event, Heartbeat)
+                got.append(event.progress_age_s)
+        assert len(got) == n, got
+        return got
+
+    with BusPublisher("run-beat", config) as pub:
+        try:
+            assert pub.wait_for_subscriber(10.0)
+            ages = beats(2)
+            assert ages == [None, None]  # no progress reported yet
+            pub.mark_progress()
+            marked = time.monotonic()
+            ages = beats(5)
+            waited = time.monotonic() - marked
+        finally:
+            sub.close(0)
+    if ages[0] is None:  # a beat sent just before the mark
+        ages = ages[1:]
+    assert None not in ages and ages == sorted(ages), ages  # no new progress: the age only grows
+    assert ages[-1] > ages[0] and ages[-1] <= waited

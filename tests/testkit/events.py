@@ -145,8 +145,8 @@ def training_finished(**overrides: Any) -> TrainingFinished:
     return build(TrainingFinished, {"reason": "done", "updates": 10, "env_steps": 5120}, overrides)
 
 
-def replay_end(last_seq: int, run_id: str = "run-a", count: int = 0) -> ReplayEnd:
-    return ReplayEnd(replay_end=True, run_id=run_id, last_seq=last_seq, count=count)
+def replay_end(last_seq: int, run_id: str = "run-a", count: int = 0, rank: int = 0) -> ReplayEnd:
+    return ReplayEnd(replay_end=True, run_id=run_id, last_seq=last_seq, count=count, rank=rank)
 
 
 def envelope(

@@ -12,9 +12,8 @@ from tui_synth import HEADS, Run, head_entropies, healthy_run, ppo, started
 
 from bus.aggregator import fold_all
 from bus.derived import entropy_fraction, head_entropy_fractions, return_trend
-from bus.endpoint import EndpointError
+from bus.endpoint import EndpointError, check_endpoint
 from consumers.tui import thresholds as th
-from consumers.tui.__main__ import check_endpoint
 from consumers.tui.health import assess
 from consumers.tui.thresholds import Level
 from consumers.tui.widgets.palette import DARK, LIGHT
@@ -153,7 +152,7 @@ def test_assess_waiting_and_warmup():
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["tcp://127.0.0.1:5555", "tcp://trainhost:6000", "tcp://[::1]:5555", "ipc:///tmp/x"]
+    "endpoint", ["tcp://127.0.0.1:5555", "tcp://localhost:6000", "tcp://[::1]:5555", "ipc:///tmp/x"]
 )
 def test_check_endpoint_accepts(endpoint):
     assert check_endpoint(endpoint) == endpoint

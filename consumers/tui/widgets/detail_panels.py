@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 from textual.content import Content
 
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel
-from consumers.tui.widgets.render import chart, fmt, pack_lines, spark, styled
+from consumers.tui.widgets.render import chart, fmt, pack_lines, shown, spark, styled
 
 
 def _kv(key: str, value: str, p_dim: str, style: str = "") -> Content:
     return Content.assemble((f"{key} ", p_dim), (value, style))
 
 
+TEXT_MAX = 40
+"""Longest text field shown (host, torch version, ...): the wire puts no bound on them."""
+WARNING_MAX = 200
+
+
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or not 0 <= seconds < 1e9:
+        return fmt(seconds) + "s"  # nothing a producer's uptime could be: shown as the number it is
     s = int(seconds)
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
@@ -90,14 +99,16 @@ class DeliveryPanel(Panel):
                 p.dim,
                 p.of(Level.WARN) if d.producer_dropped else "",
             ),
-            _kv("phase", d.producer_phase or "–", p.dim),
+            _kv("phase", shown(d.producer_phase, TEXT_MAX) or "–", p.dim),
             _kv("uptime", _duration(d.producer_uptime_s), p.dim),
             _kv("heartbeat", f"every {d.heartbeat_period_s:g}s", p.dim),
             _kv("runs seen", str(view.snapshot.runs_seen), p.dim),
         ]
         lines = pack_lines(pieces, width, sep="   ")
         if view.bus_warning:
-            lines.append(Content.assemble(("last warning ", p.dim), (view.bus_warning, p.warn)))
+            lines.append(
+                Content.assemble(("last warning ", p.dim), (shown(view.bus_warning, WARNING_MAX), p.warn))
+            )
         return lines
 
 
@@ -110,7 +121,7 @@ class ConfigPanel(Panel):
         if started is None:
             return styled("waiting for training_started", p.dim)
         compiled = (
-            f"{started.compile_backend or 'default'}/{started.compile_mode or 'default'}"
+            shown(f"{started.compile_backend or 'default'}/{started.compile_mode or 'default'}", TEXT_MAX)
             if started.compile_enabled
             else "off"
         )
@@ -123,12 +134,12 @@ class ConfigPanel(Panel):
             _kv("rollout", str(started.rollout_steps), p.dim),
             _kv("minibatches", str(started.num_minibatches), p.dim),
             _kv("epochs", str(started.update_epochs), p.dim),
-            _kv("reward", started.reward_mode, p.dim),
+            _kv("reward", shown(started.reward_mode, TEXT_MAX), p.dim),
             _kv("param budget", f"{started.param_budget:,}", p.dim),
             _kv("slots", str(len(started.slot_ids)), p.dim),
             _kv("compile", compiled, p.dim),
             _kv("world", f"{started.rank}/{started.world_size}", p.dim),
-            _kv("torch", started.torch_version or "?", p.dim),
-            _kv("host", started.hostname or "?", p.dim),
+            _kv("torch", shown(started.torch_version, TEXT_MAX) or "?", p.dim),
+            _kv("host", shown(started.hostname, TEXT_MAX) or "?", p.dim),
         ]
         return pack_lines(pieces, width, sep="   ")

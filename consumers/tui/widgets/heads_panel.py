@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 from textual.content import Content
 
-from bus.derived import head_entropy_fractions
+from bus.derived import head_fraction
 from consumers.tui import thresholds as th
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.palette import Palette
 from consumers.tui.widgets.panel import Lines, Panel
-from consumers.tui.widgets.render import bar, fmt, pack_lines, pct, styled
+from consumers.tui.widgets.render import bar, fixed, fmt, pack_lines, pct, shown, styled
 
 GLYPHS = {Level.NONE: "·", Level.OK: "✓", Level.WARN: "!", Level.FAIL: "✗"}
 CV_WORDS = {Level.OK: "stable", Level.WARN: "warn", Level.FAIL: "BAD"}
 MIN_BAR = 3
 MAX_BAR = 24
+HEADS_SHOWN = 32
+"""Rows drawn at most: the rest are counted on one line, so a run with 10k heads costs a frame no more."""
+NAME_MAX = 24
+"""Longest head name shown; longer ones are cut with "…"."""
 
 
 def head_level(fraction: float | None, grad_norm: float | None) -> Level:
@@ -40,7 +45,7 @@ def flow_footer(view: View) -> list[Content]:
         level = th.GRADIENT_CV.level(gq.gradient_cv)
         cv = Content.assemble(
             ("Flow: ", p.dim),
-            (f"CV:{gq.gradient_cv:.2f}", p.of(level)),
+            (f"CV:{fixed(gq.gradient_cv)}", p.of(level)),
             " ",
             (CV_WORDS[level], p.of(level)),
         )
@@ -62,31 +67,28 @@ class HeadsPanel(Panel):
         s = view.snapshot
         p = view.palette
         sizes = s.tamiyo.head_sizes
-        names = list(sizes) or list(s.tamiyo.head_entropy)
-        if not names:
+        every = sizes or s.tamiyo.head_entropy
+        if not every:
             return styled("no action heads yet (they come with training_started)", p.dim)
-        fractions = head_entropy_fractions(s.tamiyo.head_entropy, sizes)
+        names = list(islice(every, HEADS_SHOWN))
+        hidden = len(every) - len(names)
+        sizes_of = sizes.get
+        entropy = s.tamiyo.head_entropy
         grads = s.tamiyo.head_grad_norm
-        name_w = max(len(n) for n in names)
+        labels = [shown(name, NAME_MAX) for name in names]
+        name_w = max(len(label) for label in labels)
         # name, entropy value (5), grad value (8), glyph (1) and four separating spaces
         bar_w = max(MIN_BAR, min(MAX_BAR, (width - name_w - 5 - 8 - 1 - 5) // 2))
         top_grad = max((g for g in grads.values() if math.isfinite(g)), default=0.0)
 
         ent_title = "entropy H/ln n" if bar_w + 6 >= 15 else "entropy"
         lines = [styled(f"{'head':<{name_w}} {ent_title:<{bar_w + 6}} grad norm", p.dim)]
-        for name in names:
-            lines.append(
-                _row(
-                    name,
-                    fractions.get(name),
-                    s.tamiyo.head_entropy.get(name),
-                    grads.get(name),
-                    bar_w,
-                    name_w,
-                    top_grad,
-                    p,
-                )
-            )
+        for name, label in zip(names, labels, strict=True):
+            nats = entropy.get(name)
+            fraction = head_fraction(nats, sizes_of(name, 0))
+            lines.append(_row(label, fraction, nats, grads.get(name), bar_w, name_w, top_grad, p))
+        if hidden > 0:
+            lines.append(styled(f"… and {hidden:,} more heads", p.dim))
         lines.append(styled("─" * max(1, width), p.dim))
         if s.tamiyo.ppo_data_received:
             lines.extend(pack_lines(flow_footer(view), width, sep="   "))
@@ -108,7 +110,7 @@ def _row(
     level = head_level(fraction, grad)
     ent_level = th.HEAD_ENTROPY.level(fraction) if fraction is not None else Level.NONE
     if fraction is not None:
-        ent_value, ent_bar = f"{fraction:5.2f}", bar(fraction, bar_w)
+        ent_value, ent_bar = f"{fixed(fraction):>5}", bar(fraction, bar_w)
     elif nats is not None:
         ent_value, ent_bar = f"{fmt(nats):>4}n", " " * bar_w  # size unknown: raw nats, no band applies
     else:

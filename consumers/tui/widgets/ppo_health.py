@@ -13,7 +13,7 @@ from consumers.tui import thresholds as th
 from consumers.tui.thresholds import Band, Level
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel
-from consumers.tui.widgets.render import bar, fmt, pct, spark, styled
+from consumers.tui.widgets.render import bar, fixed, fmt, pct, spark, styled
 
 WIDE_FROM = 64
 """From this inner width on: full labels, aligned extras and a gauge bar per row."""
@@ -52,7 +52,7 @@ def rows(view: View, wide: bool) -> list[Row]:
     frac = entropy_fraction(t.head_entropy, t.head_sizes)
     if frac is not None:
         nats = f"({fmt(t.entropy)} nats)" if wide else ""
-        ent = Row("Entropy", "Entropy", frac, f"{frac:.2f}", nats, th.ENTROPY, 0, 1, h["entropy"])
+        ent = Row("Entropy", "Entropy", frac, fixed(frac), nats, th.ENTROPY, 0, 1, h["entropy"])
     else:  # head sizes unknown (no training_started): nats, with no band to compare against
         ent = Row("Entropy", "Entropy", None, f"{fmt(t.entropy)}n", "", None, 0, 1, h["entropy"])
     clip_dir = f"(↑{pct(gq.clip_fraction_positive)} ↓{pct(gq.clip_fraction_negative)})"

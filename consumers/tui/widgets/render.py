@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 
 from textual.content import Content
 
+from bus.text import printable
+
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 BAR_EIGHTHS = " ▏▎▍▌▋▊▉"
 
@@ -21,17 +23,27 @@ def spark(values: Sequence[float], width: int) -> str:
     if not finite:
         return " " * len(tail)
     lo, hi = min(finite), max(finite)
-    span = hi - lo
     top = len(SPARK_LEVELS) - 1
     out = []
     for v in tail:
         if not math.isfinite(v):
             out.append(" ")
-        elif span <= 0:
+        elif hi <= lo:
             out.append(SPARK_LEVELS[top // 2])
         else:
-            out.append(SPARK_LEVELS[round((v - lo) / span * top)])
+            out.append(SPARK_LEVELS[round(position(v, lo, hi) * top)])
     return "".join(out)
+
+
+def position(v: float, lo: float, hi: float) -> float:
+    """Where finite ``v`` lies between finite ``lo`` < ``hi``, as 0..1, for any magnitudes.
+
+    ``hi - lo`` overflows to inf when both are near the largest float (1e308 and -1e308):
+    then the halves are compared instead, which cannot overflow.
+    """
+    span = hi - lo
+    at = (v / 2 - lo / 2) / (hi / 2 - lo / 2) if math.isinf(span) else (v - lo) / span
+    return min(1.0, max(0.0, at))
 
 
 def bar(fraction: float, width: int) -> str:
@@ -60,8 +72,32 @@ def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{decimals}f}"
 
 
+def fixed(x: float, decimals: int = 2) -> str:
+    """``x`` with ``decimals`` decimals, as ``fmt`` gives it where that would run long (or is not finite)."""
+    if math.isfinite(x) and abs(x) < 1e5:
+        return f"{x:.{decimals}f}"
+    return fmt(x)
+
+
 def pct(x: float) -> str:
-    return f"{x:.0%}" if math.isfinite(x) else "nan"
+    """A fraction as a whole percentage; scientific from 1e5 % on (``1.00e+310%`` for 1e308)."""
+    if not math.isfinite(x):
+        return fmt(x)
+    if abs(x) < 1e3:
+        return f"{x:.0%}"
+    mantissa, exponent = f"{x:.2e}".split("e")  # x * 100 could overflow: shift the exponent instead
+    return f"{mantissa}e{int(exponent) + 2:+03d}%"
+
+
+def shown(text: str, limit: int | None = None) -> str:
+    """A string from the wire as it is shown: printable (see ``bus.text``), cut to ``limit`` with "…".
+
+    Panels build Content from plain text, never markup, so brackets in it show as they are.
+    """
+    text = printable(text)
+    if limit is not None and len(text) > limit:
+        return text[: max(0, limit - 1)] + "…"
+    return text
 
 
 def pack(pieces: Iterable[Content], width: int, sep: str = "  ") -> Content:
@@ -103,9 +139,8 @@ def chart(values: Sequence[float], width: int, rows: int) -> list[str]:
     if not tail:
         return [" " * width for _ in range(rows)]
     lo, hi = min(tail), max(tail)
-    span = hi - lo
     total = rows * 8
-    heights = [max(1, round((v - lo) / span * total)) if span > 0 else total // 2 for v in tail]
+    heights = [max(1, round(position(v, lo, hi) * total)) if hi > lo else total // 2 for v in tail]
     lines = []
     for r in range(rows):
         floor = (rows - 1 - r) * 8  # eighths below this line

@@ -9,10 +9,12 @@ from bus.liveness import FINISHED, LIVE, SLOW, STALE, WAITING
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel
-from consumers.tui.widgets.render import fmt, pack_lines, spark, styled
+from consumers.tui.widgets.render import fmt, pack_lines, shown, spark, styled
 
 TREND_SPARK_WIDTH = 12
 RUN_ID_MAX = 32
+TEXT_MAX = 32
+"""Longest task or device name shown (the wire puts no bound on them)."""
 
 
 def connection_piece(view: View) -> Content:
@@ -39,12 +41,14 @@ class RunHeader(Panel):
         started = s.run.started
         pieces: list[Content] = []
         if s.run.run_id:
-            pieces.append(Content.assemble(("run ", p.dim), (s.run.run_id[:RUN_ID_MAX], f"bold {p.accent}")))
+            pieces.append(
+                Content.assemble(("run ", p.dim), (shown(s.run.run_id, RUN_ID_MAX), f"bold {p.accent}"))
+            )
         else:
             pieces.append(Content.assemble(("run ", p.dim), ("—", p.dim)))
-        pieces.append(_kv("task", started.task if started else "?", p.dim))
+        pieces.append(_kv("task", shown(started.task, TEXT_MAX) if started else "?", p.dim))
         pieces.append(_kv("seed", str(started.seed) if started else "?", p.dim))
-        pieces.append(_kv("device", started.policy_device if started else "?", p.dim))
+        pieces.append(_kv("device", shown(started.policy_device, TEXT_MAX) if started else "?", p.dim))
         if started is not None:
             pieces.append(_kv("envs", str(started.n_envs), p.dim))
         total = started.total_updates if started is not None and started.total_updates > 0 else None

@@ -9,7 +9,10 @@ from consumers.tui import thresholds as th
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel
-from consumers.tui.widgets.render import fmt, pack_lines, pct, styled
+from consumers.tui.widgets.render import fixed, fmt, pack_lines, pct, shown, styled
+
+LABEL_MAX = 80
+"""Longest verdict shown: it can name a head, whose name comes from the wire."""
 
 STATUS_CLASSES = {
     Level.NONE: "status-none",
@@ -32,7 +35,7 @@ def memory_piece(view: View) -> Content:
     percent = infra.memory_usage_percent
     level = th.MEMORY.level(percent)
     style = {Level.OK: view.palette.dim, Level.WARN: view.palette.warn}.get(level, view.palette.fail)
-    return styled(f"[Mem:{percent:.0f}%]", style)
+    return styled(f"[Mem:{fixed(percent, 0)}%]", style)
 
 
 class StatusBanner(Panel):
@@ -59,15 +62,15 @@ class StatusBanner(Panel):
         s = view.snapshot
         t = s.tamiyo
         status = view.status
-        pieces = [styled(f"● {status.label}", f"bold {p.of(status.level)}".strip())]
+        pieces = [styled(f"● {shown(status.label, LABEL_MAX)}", f"bold {p.of(status.level)}".strip())]
         lesser = [what for level, what in status.findings if level < status.level]
         if lesser:
-            pieces.append(styled("also " + ", ".join(lesser), p.warn))
+            pieces.append(styled(shown("also " + ", ".join(lesser), LABEL_MAX), p.warn))
         if view.connection in (SLOW, STALE):
             style = p.fail if view.connection == STALE else p.warn
             pieces.append(styled(f"{view.connection}: no message for {view.silence_s:.0f}s", style))
         elif view.connection == WAITING:
-            pieces.append(styled(f"listening on {view.endpoint}", p.dim))
+            pieces.append(styled(f"listening on {shown(view.endpoint)}", p.dim))
         if t.ppo_data_received:
             pieces.append(Content.assemble(("KL ", p.dim), fmt(t.kl_divergence)))
             pieces.append(Content.assemble(("clip ", p.dim), pct(t.clip_fraction)))

@@ -6,7 +6,7 @@ from textual.content import Content
 
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel
-from consumers.tui.widgets.render import styled
+from consumers.tui.widgets.render import shown, styled
 
 
 class WaitingPanel(Panel):
@@ -16,7 +16,9 @@ class WaitingPanel(Panel):
         p = view.palette
         port = _port(view.endpoint)
         lines = [
-            Content.assemble(("Waiting for training on ", "bold"), (view.endpoint, f"bold {p.accent}")),
+            Content.assemble(
+                ("Waiting for training on ", "bold"), (shown(view.endpoint), f"bold {p.accent}")
+            ),
             _link_line(view),
             Content(""),
             Content.assemble(("Start a run:      ", p.dim), "make train"),

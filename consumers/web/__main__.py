@@ -1,0 +1,121 @@
+"""``python -m consumers.web``: check the addresses, then serve the dashboard until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from bus.endpoint import EndpointError, default_endpoint
+from bus.security import SecurityError, add_security_arguments, subscriber_security
+from consumers.tui.__main__ import MAX_REFRESH_HZ, check_endpoint
+from consumers.tui.app import DEFAULT_REFRESH_HZ
+from consumers.web.address import DEFAULT_ADDRESS, AddressError, parse_address
+
+EXIT_BAD_ARGS = 2
+NO_AUTH_WARNING = (
+    "tamiyo-web: WARNING: serving on {url}, beyond loopback. The page has no authentication: anyone "
+    "who can reach this address can watch the run. Prefer the default 127.0.0.1 with "
+    "`ssh -L 8000:127.0.0.1:8000 HOST` (see README, 'In a browser')."
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumers.web",
+        description="The live dashboard in a browser: each tab runs its own `python -m consumers.tui`.",
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=default_endpoint(),
+        help="where the trainer publishes (default: $TAMIYO_ENDPOINT or tcp://127.0.0.1:5555)",
+    )
+    parser.add_argument(
+        "--address", default=DEFAULT_ADDRESS, help=f"HOST:PORT to serve on (default {DEFAULT_ADDRESS})"
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow an address beyond loopback; the page has no authentication (prefer an SSH tunnel)",
+    )
+    parser.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the URL browsers use, when a reverse proxy changes it (default: the address each request "
+        "came to, so a forwarded port works as it is)",
+    )
+    parser.add_argument(
+        "--refresh-hz",
+        type=float,
+        default=DEFAULT_REFRESH_HZ,
+        help=f"dashboard redraws per second (default {DEFAULT_REFRESH_HZ:g})",
+    )
+    parser.add_argument("--light", action="store_true", help="start with the light colour theme")
+    add_security_arguments(parser, "subscriber")
+    return parser.parse_args(argv)
+
+
+def dashboard_command(args: argparse.Namespace) -> str:
+    """The shell command textual-serve runs for each tab: this interpreter's ``consumers.tui``.
+
+    ``exec`` makes the dashboard the server's own child (no shell between), so that it can end
+    with the server (``consumers.web.tab``).
+    """
+    argv = [sys.executable, "-m", "consumers.web.tab", str(os.getpid()), "--endpoint", args.endpoint]
+    argv += ["--refresh-hz", f"{args.refresh_hz:g}"]
+    if args.light:
+        argv.append("--light")
+    if args.curve_keys:
+        argv += ["--curve-keys", args.curve_keys]
+    return "exec " + shlex.join(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_endpoint(args.endpoint)
+        subscriber_security(args)
+        address = parse_address(args.address)
+    except (EndpointError, SecurityError, AddressError) as exc:
+        print(f"tamiyo-web: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    if not 0 < args.refresh_hz <= MAX_REFRESH_HZ:
+        print(
+            f"tamiyo-web: --refresh-hz must be in (0, {MAX_REFRESH_HZ:g}], got {args.refresh_hz:g}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_ARGS
+    if not address.loopback and not args.allow_remote:
+        print(
+            f"tamiyo-web: refusing to serve on {address.url}: it is not loopback and the page has no "
+            "authentication. Use an SSH tunnel (`ssh -L 8000:127.0.0.1:8000 HOST`), or pass --allow-remote.",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_ARGS
+    try:
+        from consumers.web.server import DashboardServer
+    except ImportError as exc:
+        print(f"tamiyo-web: {exc.name} is missing: pip install 'tamiyo-telemetry[web]'", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    if not address.loopback:
+        print(NO_AUTH_WARNING.format(url=address.url), file=sys.stderr)
+    server = DashboardServer(
+        dashboard_command(args),
+        address.host,
+        address.port,
+        title=f"Tamiyo dashboard ({args.endpoint})",
+        url=address.url,
+        public_url=args.public_url,
+        loopback_only=address.loopback,
+    )
+    try:
+        server.serve()
+    except OSError as exc:
+        print(f"tamiyo-web: cannot serve on {address.url}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The web server's listen address: ``HOST:PORT`` parsed, checked, and judged loopback or not."""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+from bus.endpoint import is_loopback
+
+DEFAULT_ADDRESS = "127.0.0.1:8000"
+
+
+class AddressError(ValueError):
+    """A listen address that cannot be used, with the reason and an example of one that can."""
+
+
+class Address(NamedTuple):
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        """True for 127.0.0.0/8, ::1 and localhost: the same rule as the bus's own endpoints."""
+        return is_loopback(f"tcp://{self.host}:{self.port}")
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``HOST:PORT`` (``[::1]:8000`` for IPv6, port 1-65535, a host that resolves) or AddressError."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AddressError(f"{text!r} is not HOST:PORT with a port 1-65535, e.g. {DEFAULT_ADDRESS}")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise AddressError(f"{text!r}: cannot resolve host {host!r} ({exc})") from None
+    return Address(host, int(port))
