@@ -16,13 +16,18 @@ RESULTS = Path(__file__).with_name("results.json")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes: checks the harness only")
-    p.add_argument("--only", default="", help="comma-separated groups: bus,training,consumers")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated groups: bus,training,consumers (the default), truth (the alert truth table, "
+        "real producer runs with injected faults; only when named)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = p.parse_args(argv)
     q = args.quick
     groups = set(args.only.split(",")) if args.only else {"bus", "training", "consumers"}
 
-    from bench import bus_figures, consumer_figures, storm, training_figures
+    from bench import bus_figures, consumer_figures, storm, training_figures, truth
 
     steps: list[tuple[str, str, Callable[[], Figure | list[Figure]]]] = [
         ("bus", "throughput", lambda: bus_figures.throughput(20_000 if q else 200_000)),
@@ -34,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         ("training", "learning", lambda: training_figures.learning(20 if q else 120, seed=1)),
         ("consumers", "tui", lambda: consumer_figures.tui(quick=q)),
         ("consumers", "archiver", lambda: consumer_figures.archiver(20_000 if q else 300_000)),
+        ("truth", "table", lambda: truth.truth_table(quick=q)),
     ]
     figures: list[Figure] = []
     t0 = time.monotonic()

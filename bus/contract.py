@@ -157,7 +157,7 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     head_entropy: Annotated[dict[str, float], _m("entropy of each action head", "nats")]
     head_grad_norm: Annotated[dict[str, float], _m("gradient L2 norm of each head's parameters")]
     lr: Annotated[float, _m("learning rate used by this update")]
-    update_time_ms: Annotated[float, _m("wall time the update took", "ms")]
+    update_time_ms: Annotated[float, _m("wall time the update took", "ms", history=True)]
     compute_time_ms: Annotated[
         float,
         _m("this rank's forward+backward time in the update, before the gradient all-reduce", "ms"),
@@ -165,6 +165,41 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     collective_wait_ms: Annotated[
         float, _m("time this rank spent in the gradient all-reduce (mostly waiting); 0 single-process", "ms")
     ] = 0.0
+    gradient_noise_scale: Annotated[
+        float,
+        _m(
+            "gradient noise scale B_simple = tr Σ / |G|², at the update's starting weights; "
+            "+inf: no detectable signal",
+            "transitions",
+            measured_at=_GRADIENT_CV,
+        ),
+    ] = 0.0
+    gradient_noise_batch: Annotated[
+        int, _m("the batch B that `gradient_cv` = √(B_simple/B) compares B_simple with", "transitions")
+    ] = 0
+    cuda_memory_total_gb: Annotated[
+        float,
+        _m("the device's capacity (`torch.cuda.mem_get_info`; 0.0 without CUDA)", "GB", measured_at=_CUDA),
+    ] = 0.0
+    cuda_memory_free_gb: Annotated[
+        float,
+        _m("free on the device, all processes counted (`torch.cuda.mem_get_info`)", "GB", measured_at=_CUDA),
+    ] = 0.0
+    cuda_memory_inactive_split_gb: Annotated[
+        float,
+        _m(
+            "inactive split blocks held by the allocator (`inactive_split_bytes.all.current`)",
+            "GB",
+            measured_at=_CUDA,
+        ),
+    ] = 0.0
+    cuda_alloc_retries: Annotated[
+        int,
+        _m("allocations that had to free cached blocks and retry, cumulative", "count", measured_at=_CUDA),
+    ] = 0
+    cuda_ooms: Annotated[
+        int, _m("out-of-memory errors the allocator raised, cumulative", "count", measured_at=_CUDA)
+    ] = 0
 
 
 class BatchCompleted(msgspec.Struct, tag="batch_completed", kw_only=True, gc=False):

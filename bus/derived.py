@@ -54,16 +54,105 @@ def layer_fraction(layers: int, total_layers: int) -> float | None:
     return layers / total_layers if total_layers > 0 else None
 
 
-def memory_usage_percent(allocated_gb: float, reserved_gb: float) -> float:
-    """Allocated CUDA memory as a share of reserved, in percent; 0.0 when nothing is reserved (no CUDA)."""
-    if reserved_gb <= 0:
+def memory_usage_percent(total_gb: float, free_gb: float) -> float | None:
+    """How full the GPU is: (total − free) / total, in percent, every process on the device counted.
+
+    None without CUDA (a capacity of 0): there is no device to fill.
+    """
+    if total_gb <= 0:
+        return None
+    return (total_gb - free_gb) / total_gb * 100.0
+
+
+FRAGMENTATION_MIN_RESERVED = 0.10
+"""Fragmentation counts only while the allocator reserves at least this share of the device.
+
+What fragmentation wastes is at most fragmentation × reserved; below this share, the alert's
+0.3 wastes under 3% of the device, which cannot be what runs it out of memory.
+"""
+
+
+def fragmentation_that_matters(fragmentation: float, reserved_gb: float, total_gb: float) -> float:
+    """``fragmentation`` while reserved ≥ ``FRAGMENTATION_MIN_RESERVED`` of the device's capacity, else 0.0.
+
+    0.0 too when the capacity is unknown (no CUDA, or a producer that does not report it).
+    """
+    if total_gb <= 0 or reserved_gb < FRAGMENTATION_MIN_RESERVED * total_gb:
         return 0.0
-    return allocated_gb / reserved_gb * 100.0
+    return fragmentation
+
+
+def measurement_age(train_steps: int, measured_at: int) -> int | None:
+    """Updates since a throttled value was measured: ``train_steps − measured_at``; None if never (−1)."""
+    if measured_at < 0:
+        return None
+    return max(0, train_steps - measured_at)
+
+
+def measurement_overdue(age: int | None, every: int) -> bool:
+    """A throttled value at least one measurement period old: the next measurement was due and did not come.
+
+    The producer measures when ``train_steps % every == 0``, so a value kept up to date is 0 to
+    ``every − 1`` updates old.
+    """
+    return age is not None and every > 0 and age >= every
 
 
 def nonfinite_losses(ev: PPOUpdate) -> int:
     """How many of ``LOSS_FIELDS`` are NaN or infinite in ``ev``."""
     return sum(1 for name in LOSS_FIELDS if not math.isfinite(getattr(ev, name)))
+
+
+LEARNING = "LEARNING"
+PLATEAU = "PLATEAU"
+REGRESSING = "REGRESSING"
+PROGRESS_WINDOW = 15
+"""Batches with returns per window of ``learning_progress``: the newest window against the one before."""
+PROGRESS_T = 3.0
+"""A difference counts once it exceeds this many standard errors (the windows' own batch-to-batch noise)."""
+PROGRESS_MATERIAL = 0.10
+"""A drop below the best counts as a regression only past this share of what the run has gained."""
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def learning_progress(
+    history: Sequence[float], window: int = PROGRESS_WINDOW, t: float = PROGRESS_T
+) -> str | None:
+    """LEARNING, PLATEAU or REGRESSING from the batch returns; None until ``2 * window`` finite ones.
+
+    With ``new`` the mean of the newest ``window`` returns, ``best`` the highest mean of any
+    ``window`` consecutive ones, ``first`` the first window's, and ``noise`` = t·√2·(standard
+    error of ``new``):
+
+    - LEARNING: ``new`` is above the previous window by more than t standard errors of the
+      difference (rising), or within ``margin`` = max(noise, 10% of best − first) of ``best``
+      after gaining more than ``noise`` since the first window (holding high);
+    - REGRESSING: more than ``margin`` below ``best`` and not rising;
+    - PLATEAU: near its best but it never gained more than the noise (flat since the start).
+    """
+    values = [v for v in history if math.isfinite(v)]
+    if len(values) < 2 * window:
+        return None
+    new, new_se = _mean_se(values[-window:])
+    previous, previous_se = _mean_se(values[-2 * window : -window])
+    spread = math.hypot(new_se, previous_se)
+    if (new - previous > t * spread) if spread > 0 else new > previous:
+        return LEARNING
+    sums = [sum(values[:window])]
+    for i in range(window, len(values)):
+        sums.append(sums[-1] + values[i] - values[i - window])
+    best, first = max(sums) / window, sums[0] / window
+    noise = t * math.sqrt(2.0) * new_se
+    margin = max(noise, PROGRESS_MATERIAL * (best - first))
+    if new < best - margin:
+        return REGRESSING
+    return LEARNING if best - first > noise else PLATEAU
 
 
 def return_trend(

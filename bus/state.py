@@ -83,6 +83,26 @@ class InfrastructureMetrics:
         return self.ppo.cuda_memory_step
 
     @property
+    def cuda_memory_total_gb(self) -> float:
+        return self.ppo.cuda_memory_total_gb
+
+    @property
+    def cuda_memory_free_gb(self) -> float:
+        return self.ppo.cuda_memory_free_gb
+
+    @property
+    def cuda_memory_inactive_split_gb(self) -> float:
+        return self.ppo.cuda_memory_inactive_split_gb
+
+    @property
+    def cuda_alloc_retries(self) -> int:
+        return self.ppo.cuda_alloc_retries
+
+    @property
+    def cuda_ooms(self) -> int:
+        return self.ppo.cuda_ooms
+
+    @property
     def compile_enabled(self) -> bool:
         return self.started is not None and self.started.compile_enabled
 
@@ -95,9 +115,9 @@ class InfrastructureMetrics:
         return self.started.compile_mode if self.started is not None else ""
 
     @property
-    def memory_usage_percent(self) -> float:
-        """Allocated as a share of reserved, in percent (``bus.derived.memory_usage_percent``)."""
-        return memory_usage_percent(self.ppo.cuda_memory_allocated_gb, self.ppo.cuda_memory_reserved_gb)
+    def memory_usage_percent(self) -> float | None:
+        """How full the GPU is, percent; None without CUDA (``bus.derived.memory_usage_percent``)."""
+        return memory_usage_percent(self.ppo.cuda_memory_total_gb, self.ppo.cuda_memory_free_gb)
 
 
 @dataclass(frozen=True, slots=True)

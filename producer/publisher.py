@@ -183,9 +183,17 @@ def batch_completed(
 
 
 def ppo_update(metrics: Mapping[str, Any]) -> PPOUpdate:
-    """A PPOUpdate from the trainer's metrics; every field is read directly (a missing one is a bug)."""
-    names = PPOUpdate.__struct_fields__
-    return PPOUpdate(**{name: metrics[name] for name in names})
+    """A PPOUpdate from the trainer's metrics; a missing required field is a bug (KeyError).
+
+    A field with a default that the trainer does not measure yet keeps its default.
+    """
+    required = PPOUpdate.__struct_fields__[
+        : len(PPOUpdate.__struct_fields__) - len(PPOUpdate.__struct_defaults__)
+    ]
+    return PPOUpdate(
+        **{name: metrics[name] for name in required},
+        **{name: metrics[name] for name in PPOUpdate.__struct_fields__[len(required) :] if name in metrics},
+    )
 
 
 def training_finished(reason: str, *, updates: int, env_steps: int, error: str = "") -> TrainingFinished:

@@ -15,7 +15,7 @@ memory) stands for that many updates. Carried copies of one measurement are eval
 once. ``for_seconds`` uses the consumer's clock.
 
 A rule with ``by_rank = true`` runs this state machine once per rank, on that rank's own
-state (``metrics.rank_view``): each rank fires and resolves on its own, and its
+state (``bus.ranks.rank_view``): each rank fires and resolves on its own, and its
 notifications carry its ``rank``.
 """
 
@@ -28,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.ranks import rank_view
 from bus.state import Snapshot
-from consumers.alerts.metrics import METRICS, Reading, rank_view
+from consumers.alerts.metrics import METRICS, Reading
 from consumers.alerts.rules import Rule
 
 INACTIVE = "inactive"

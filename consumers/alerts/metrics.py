@@ -8,9 +8,8 @@ changes (a new ppo_update, a new throttled measurement), so a value carried over
 earlier update is never counted twice. ``key=None`` means "evaluate on every tick"
 (time-based and counter metrics). ``step`` is the update that measured the value.
 
-A rule with ``by_rank = true`` reads each rank's own state (``rank_view``); otherwise it reads
-the combined view. The per-rank metrics (``straggler_score``, ``progress_age_s``) read the worst
-rank in the combined view, and the one rank in a rank's view.
+A rule with ``by_rank = true`` reads each rank's own state (``bus.ranks.rank_view``); otherwise
+it reads the combined view, where ``straggler_score`` and ``progress_age_s`` are the worst rank's.
 """
 
 from __future__ import annotations
@@ -21,8 +20,16 @@ from operator import attrgetter
 
 from bus import catalogue, derived
 from bus.contract import PPOUpdate
-from bus.liveness import FINISHED, STALE, WAITING, liveness, silence_s
-from bus.ranks import progress_age_s, rank_status
+from bus.liveness import (
+    FINISHED,
+    STUCK_CYCLES,
+    STUCK_MIN_S,
+    WAITING,
+    liveness,
+    progress_age_s,
+    silence_s,
+    stuck,
+)
 from bus.state import Snapshot
 
 UPDATE = "update"
@@ -72,7 +79,9 @@ def _update_field(name: str) -> Callable[[Snapshot, float], Reading | None]:
     return read
 
 
-def _measured(value: Callable[[PPOUpdate], float], step: str) -> Callable[[Snapshot, float], Reading | None]:
+def _measured(
+    value: Callable[[PPOUpdate], float | None], step: str
+) -> Callable[[Snapshot, float], Reading | None]:
     """A throttled value, keyed by the update that measured it (field ``step``); none until measured."""
     get_step = attrgetter(step)
 
@@ -81,7 +90,8 @@ def _measured(value: Callable[[PPOUpdate], float], step: str) -> Callable[[Snaps
         at = get_step(t.latest)
         if not t.ppo_data_received or at < 0:
             return None
-        return Reading(value(t.latest), at, at)
+        v = value(t.latest)
+        return None if v is None else Reading(v, at, at)
 
     return read
 
@@ -110,8 +120,31 @@ def _field_metric(f: catalogue.Field) -> Metric:
     return Metric(f.name, UPDATE, doc, _update_field(f.name))
 
 
-def _memory_usage_percent(ev: PPOUpdate) -> float:
-    return derived.memory_usage_percent(ev.cuda_memory_allocated_gb, ev.cuda_memory_reserved_gb)
+CUMULATIVE = ("cuda_alloc_retries", "cuda_ooms")
+"""Throttled fields that count since the trainer started: counter metrics, watched by their increase."""
+
+
+def _memory_usage_percent(ev: PPOUpdate) -> float | None:
+    return derived.memory_usage_percent(ev.cuda_memory_total_gb, ev.cuda_memory_free_gb)
+
+
+def _fragmentation_that_matters(ev: PPOUpdate) -> float:
+    return derived.fragmentation_that_matters(
+        ev.cuda_memory_fragmentation, ev.cuda_memory_reserved_gb, ev.cuda_memory_total_gb
+    )
+
+
+def _measured_counter(name: str, step: str) -> Callable[[Snapshot, float], Reading | None]:
+    """A cumulative throttled count, read on every tick once measured (its increase is what rules watch)."""
+    get, get_step = attrgetter(name), attrgetter(step)
+
+    def read(s: Snapshot, now: float) -> Reading | None:
+        t = s.tamiyo
+        if not t.ppo_data_received or get_step(t.latest) < 0:
+            return None
+        return Reading(float(get(t.latest)), get_step(t.latest), None)
+
+    return read
 
 
 def _batch_attr(attr: str) -> Callable[[Snapshot, float], Reading | None]:
@@ -123,6 +156,18 @@ def _batch_attr(attr: str) -> Callable[[Snapshot, float], Reading | None]:
         return Reading(float(value), r.batches, r.batches)
 
     return read
+
+
+def _progress_age(s: Snapshot, now: float) -> Reading | None:
+    age = progress_age_s(s, now)
+    return None if age is None else Reading(age, None, None)
+
+
+def _stuck(s: Snapshot, now: float) -> Reading | None:
+    age = progress_age_s(s, now)
+    if age is None:
+        return None
+    return Reading(age if stuck(s, now) else 0.0, None, None)
 
 
 def _silence(s: Snapshot, now: float) -> Reading | None:
@@ -142,20 +187,6 @@ def _delivery_counter(attr: str) -> Callable[[Snapshot, float], Reading | None]:
     return read
 
 
-def rank_view(state: Snapshot, rank: int) -> Snapshot:
-    """``state`` as rank ``rank`` alone sees it: its policy, rollouts and delivery, the run's identity."""
-    rs = state.ranks[rank]
-    return Snapshot(
-        run=state.run,
-        tamiyo=rs.tamiyo,
-        rollout=rs.rollout,
-        delivery=rs.delivery,
-        runs_seen=state.runs_seen,
-        ranks={rank: rs},
-        left_runs=state.left_runs,
-    )
-
-
 def _straggler_score(s: Snapshot, now: float) -> Reading | None:
     scored = [rs for rs in s.ranks.values() if rs.straggler.samples]
     if not scored:
@@ -165,20 +196,15 @@ def _straggler_score(s: Snapshot, now: float) -> Reading | None:
     return Reading(worst.straggler.score, worst.tamiyo.update, sum(rs.straggler.samples for rs in scored))
 
 
-def _progress_age(s: Snapshot, now: float) -> Reading | None:
-    ages = [
-        age
-        for rs in s.ranks.values()
-        if rank_status(rs, now) not in (STALE, FINISHED)
-        and (age := progress_age_s(rs.delivery, now)) is not None
-    ]
-    return Reading(max(ages), None, None) if ages else None
-
-
 def _build() -> dict[str, Metric]:
     fields = catalogue.metric_fields(PPOUpdate)
-    metrics = [_field_metric(f) for f in fields]
+    metrics = [_field_metric(f) for f in fields if f.name not in CUMULATIVE]
     cuda_step = next(f.measured_at for f in fields if f.name == "cuda_memory_reserved_gb")
+    metrics += [
+        Metric(f.name, COUNTER, f"{f.description} ({f.unit})", _measured_counter(f.name, f.measured_at))
+        for f in fields
+        if f.name in CUMULATIVE
+    ]
     metrics += [
         Metric(
             "nonfinite_losses",
@@ -213,8 +239,15 @@ def _build() -> dict[str, Metric]:
         Metric(
             "memory_usage_percent",
             MEASURED,
-            "allocated / reserved CUDA memory, percent",
+            "how full the GPU is: (total − free) / total, percent (no reading without CUDA)",
             _measured(_memory_usage_percent, cuda_step),
+        ),
+        Metric(
+            "cuda_fragmentation_that_matters",
+            MEASURED,
+            "cuda_memory_fragmentation while reserved ≥ "
+            f"{derived.FRAGMENTATION_MIN_RESERVED:.0%} of the device, else 0 (docs/metrics.md)",
+            _measured(_fragmentation_that_matters, cuda_step),
         ),
         Metric("fps", BATCH, "environment steps per second", _batch_attr("fps")),
         Metric(
@@ -230,6 +263,19 @@ def _build() -> dict[str, Metric]:
             _silence,
         ),
         Metric(
+            "progress_age_s",
+            TIME,
+            "seconds since the training loop last made progress (heartbeat), in rollout or update phases",
+            _progress_age,
+        ),
+        Metric(
+            "stuck_s",
+            TIME,
+            f"progress_age_s once past the STUCK bound max({STUCK_MIN_S:g} s, {STUCK_CYCLES:g} update cycles)"
+            " (bus.liveness), else 0",
+            _stuck,
+        ),
+        Metric(
             "events_missed",
             COUNTER,
             "messages this consumer never received (seq gaps), this run",
@@ -242,13 +288,6 @@ def _build() -> dict[str, Metric]:
             "EWMA of compute_time_ms / the other ranks' median (bus/straggler.py); "
             "the worst rank's unless by_rank",
             _straggler_score,
-        ),
-        Metric(
-            "progress_age_s",
-            TIME,
-            "seconds since the training loop last made progress, while heartbeats arrive; the worst rank's "
-            "unless by_rank",
-            _progress_age,
         ),
         Metric(
             "producer_dropped",

@@ -1,10 +1,11 @@
-"""The overall training status the banner shows: WAITING, WARMING UP, LEARNING, WARN:<what> or FAIL:<what>."""
+"""The banner's status: WAITING, WARMING UP, LEARNING, PLATEAU, REGRESSING, WARN:<what> or FAIL:<what>."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+from bus.derived import LEARNING, PLATEAU, REGRESSING, learning_progress
 from bus.state import Snapshot
 from consumers.tui import thresholds as th
 from consumers.tui.heads import head_entropy
@@ -45,7 +46,8 @@ def findings(snapshot: Snapshot) -> list[tuple[Level, str]]:
     collapsed = head_entropy(snapshot).collapsed
     if collapsed:
         out.append((Level.WARN, f"{collapsed[0]} head" if len(collapsed) == 1 else f"{len(collapsed)} heads"))
-    check(th.EXPLAINED_VARIANCE.level(t.explained_variance), "value fit")
+    if t.update >= th.EXPLAINED_VARIANCE_WARMUP_UPDATES:  # a fresh critic fits worse than a constant
+        check(th.EXPLAINED_VARIANCE.level(t.explained_variance), "value fit")
     check(th.DEAD_LAYERS.level(t.dead_layers), "dead layers")
     out.sort(key=lambda f: -f[0])
     return out
@@ -69,6 +71,11 @@ def assess(snapshot: Snapshot) -> Status:
         return Status(f"{prefix}:{names}", worst, found)
     if run.finished:
         return Status(f"FINISHED ({run.finish_reason or 'done'})", Level.OK)
-    if warming:
+    progress = learning_progress(snapshot.rollout.return_history)
+    if warming or progress is None:
         return Status("WARMING UP", Level.NONE)
-    return Status("LEARNING", Level.OK)
+    return Status(progress, PROGRESS_LEVELS[progress])
+
+
+PROGRESS_LEVELS = {LEARNING: Level.OK, PLATEAU: Level.NONE, REGRESSING: Level.WARN}
+"""How the return's progress colours the banner when no threshold is crossed."""

@@ -6,8 +6,14 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
-from bus.derived import RETURN_TREND_FLAT, RETURN_TREND_WINDOW
-from bus.liveness import SLOW_AFTER_PERIODS, STALE_AFTER_PERIODS
+from bus.derived import (
+    PROGRESS_MATERIAL,
+    PROGRESS_T,
+    PROGRESS_WINDOW,
+    RETURN_TREND_FLAT,
+    RETURN_TREND_WINDOW,
+)
+from bus.liveness import SLOW_AFTER_PERIODS, STALE_AFTER_PERIODS, STUCK_CYCLES, STUCK_MIN_S
 
 
 class Level(IntEnum):
@@ -76,6 +82,9 @@ HEAD_ENTROPY = Band(
 )
 KL = Band("KL", "nats, k3 estimate of KL(old‖new) over the update's samples", "above", warn=0.03, fail=0.10)
 CLIP = Band("clip fraction", "share of samples whose ratio left [1-ε, 1+ε]", "above", warn=0.30, fail=0.50)
+EXPLAINED_VARIANCE_WARMUP_UPDATES = 100
+"""Explained variance is judged from this update on: healthy default runs read below 0 up to update 51
+(about twice that here; docs/metrics.md), while the critic fits returns the learning policy keeps moving."""
 EXPLAINED_VARIANCE = Band(
     "explained variance",
     "1 - Var(returns - values) / Var(returns); 0 = no better than a constant",
@@ -94,7 +103,11 @@ GRADIENT_CV = Band(
     inclusive=True,
 )
 MEMORY = Band(
-    "[Mem:NN%]", "CUDA allocated / reserved, percent; hidden without CUDA", "above", warn=75.0, fail=90.0
+    "[Mem:NN%]",
+    "how full the GPU is, (total - free) / total, percent; red means OOM risk; hidden without CUDA",
+    "above",
+    warn=75.0,
+    fail=90.0,
 )
 DEAD_LAYERS = Band("dead layers", "parameter tensors with >90% of gradient elements < 1e-6", "above", warn=0)
 EXPLODING_LAYERS = Band(
@@ -123,11 +136,24 @@ def rules() -> list[str]:
     lines += [
         f"head grad norm: dead (✗) < {_num(HEAD_GRAD_DEAD)}",
         f"warm-up: updates 0-{WARMUP_UPDATES - 1} show WARMING UP; only NaN/exploding grads raise FAIL",
+        f"explained variance: judged from update {EXPLAINED_VARIANCE_WARMUP_UPDATES} on "
+        "(a fresh critic reads below 0)",
+        f"LEARNING: the newest {PROGRESS_WINDOW} batch returns are rising (> {PROGRESS_T:g} standard errors "
+        "above the previous window) or holding near the run's best after gaining on its start",
+        f"REGRESSING: the newest {PROGRESS_WINDOW} returns are below the run's best window by more than "
+        f"the noise and {PROGRESS_MATERIAL:.0%} of what the run gained",
+        "PLATEAU: the returns are flat and never rose above their start by more than the noise",
+        f"WARMING UP also until {2 * PROGRESS_WINDOW} batches with returns have arrived",
         "gradient CV: footer word only, never the banner status (healthy range: docs/metrics.md)",
         "[Mem:NN%] colours only (dim ≤ 75, yellow > 75, red bold > 90); it never raises the status",
         "value loss: no threshold (its scale follows the returns); non-finite is FAIL",
         f"connection: SLOW after {_num(SLOW_AFTER_PERIODS)} heartbeat periods of silence, "
         f"STALE after {_num(STALE_AFTER_PERIODS)}",
+        f"STUCK: heartbeats arrive but the training loop made no progress (env step or minibatch) for more "
+        f"than max({_num(STUCK_MIN_S)} s, {_num(STUCK_CYCLES)} × the run's update + rollout time); "
+        "not while starting or compiling",
+        "(Nu ago): updates since a throttled value was measured; it dims once a measurement period "
+        "(diagnostics_every) old",
         f"return trend: mean of the last {RETURN_TREND_WINDOW} batches vs the {RETURN_TREND_WINDOW} before; "
         f"flat (→) within {RETURN_TREND_FLAT:.0%} of the largest |return|",
     ]

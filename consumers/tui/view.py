@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bus.liveness import liveness, silence_s
+from bus.liveness import liveness, progress_age_s, silence_s, stuck_bound_s
 from bus.state import Snapshot
 from consumers.tui.health import Status, assess
 from consumers.tui.source import LinkStats
@@ -27,6 +27,10 @@ class View:
     bus_warning: str = ""
     now: float = 0.0
     """The consumer's clock at this frame (what received items are stamped with)."""
+    progress_age_s: float | None = None
+    """Seconds since the training loop last progressed (None: not in a training phase or not reported)."""
+    stuck_bound_s: float = 0.0
+    """Past this many seconds without progress the run is STUCK (``bus.liveness.stuck_bound_s``)."""
 
 
 def make_view(
@@ -53,4 +57,6 @@ def make_view(
         link=link or LinkStats(),
         bus_warning=bus_warning,
         now=now,
+        progress_age_s=progress_age_s(snapshot, now),
+        stuck_bound_s=stuck_bound_s(snapshot),
     )

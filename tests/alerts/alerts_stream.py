@@ -79,6 +79,8 @@ class Stream:
             "cuda_memory_peak_gb": 2.1,
             "cuda_memory_fragmentation": self._measured["cuda_memory_fragmentation"],
             "cuda_memory_step": self._measured_step,
+            "cuda_memory_total_gb": 16.0,  # reserved 2.2 of 16 GB: above the fragmentation rule's 10% guard
+            "cuda_memory_free_gb": 13.5,
             "explained_variance": r.random(),
             "dead_layers": 0,
             "total_layers": 24,

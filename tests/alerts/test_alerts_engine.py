@@ -198,10 +198,61 @@ def test_producer_dropped_fires_on_an_increase_and_resolves_when_it_stops() -> N
     assert h.events()[-1][:2] == (FIRING, "producer_dropped")
 
 
+def test_fragmentation_stays_quiet_while_reserved_is_a_small_share_of_the_device() -> None:
+    h, s = Harness(), Stream()
+    started(h, s)
+    # 0.5 of 2.2 GB reserved on a 141 GB device: at most 0.8% of the device wasted, no OOM risk.
+    updates(h, s, 40, cuda_memory_fragmentation=0.5, cuda_memory_total_gb=141.0, cuda_memory_free_gb=138.0)
+    assert h.events() == []
+    updates(h, s, 30, cuda_memory_fragmentation=0.5)  # the stream's 16 GB device: 2.2 GB is 14%
+    assert h.events() == [(FIRING, "cuda_memory_fragmentation", 70)]  # measured at 60 and 70
+
+
+@pytest.mark.parametrize(("rule", "severity"), [("cuda_alloc_retries", "warning"), ("cuda_ooms", "critical")])
+def test_an_increase_of_a_cumulative_cuda_count_fires_and_resolves_five_minutes_later(
+    rule: str, severity: str
+) -> None:
+    h, s = Harness(), Stream(dt=1.0)
+    started(h, s)  # the count is 0 through the warm-up
+    updates(h, s, 1, **{rule: 3})
+    assert h.events() == [(FIRING, rule, 20)]
+    assert h.notes[-1].severity == severity and h.notes[-1].value == 3
+    updates(h, s, 10, **{rule: 3})  # no new retries, but within five minutes of the last: still firing
+    assert len(h.events()) == 1
+    h.tick(h.now + 301.0)  # (the producer is silent by then too: producer_silent fires beside it)
+    assert h.events(rule)[-1] == (RESOLVED, rule, 30)
+    s.ts = h.now
+    updates(h, s, 1, **{rule: 5})
+    assert h.events(rule)[-1] == (FIRING, rule, 31)
+    assert [n.value for n in h.notes if n.rule == rule][-1] == 2
+
+
+def test_trainer_stuck_fires_when_heartbeats_come_but_the_loop_does_not_move() -> None:
+    h, s = Harness(), Stream(dt=0.1)
+    started(h, s)
+    updates(h, s, 5)  # update_time_ms ≈ 100: the bound is the 30 s floor
+    t = h.now
+    for k in range(1, 31):  # the loop hangs inside an update; the publisher's thread keeps beating
+        s.ts = t + k
+        h.feed(s.heartbeat(progress_age_s=float(k)))
+    assert h.events() == []  # 30 s: at the bound, not past it
+    s.ts = t + 31
+    h.feed(s.heartbeat(progress_age_s=31.0))
+    assert h.events() == [(FIRING, "trainer_stuck", s.update - 1)]
+    assert h.notes[-1].severity == "critical" and h.notes[-1].value == pytest.approx(31.0)
+    s.ts = t + 32
+    h.feed(s.heartbeat(progress_age_s=0.05))  # it moved again
+    assert h.events()[-1][:2] == (RESOLVED, "trainer_stuck")
+    assert all(n.rule == "trainer_stuck" for n in h.notes)  # not producer_silent: heartbeats kept coming
+
+
 def test_every_default_rule_is_covered_by_a_test_here() -> None:
     covered = {case[0] for case in PER_UPDATE_CASES} | {
         "gradient_cv",
         "cuda_memory_fragmentation",
+        "cuda_alloc_retries",
+        "cuda_ooms",
+        "trainer_stuck",
         "producer_silent",
         "events_missed",
         "producer_dropped",

@@ -6,7 +6,6 @@ import pytest
 from alerts_stream import Stream
 from test_alerts_engine import Harness
 
-from bus.ranks import STUCK_AFTER_S
 from bus.straggler import STRAGGLER_FLAG
 from consumers.alerts.engine import FIRING, RESOLVED
 from consumers.alerts.notify import format_line
@@ -38,7 +37,8 @@ def straggler_notes(h: Harness) -> list[tuple[str, int | None]]:
 def test_default_rules_share_the_dashboard_s_thresholds() -> None:
     rules = {r.name: r for r in default_rules()}
     assert rules["straggler"].fire == STRAGGLER_FLAG and rules["straggler"].by_rank
-    assert rules["rank_stuck"].fire == STUCK_AFTER_S and rules["rank_stuck"].by_rank
+    assert rules["rank_stuck"].metric == rules["trainer_stuck"].metric == "stuck_s"
+    assert rules["rank_stuck"].fire == rules["trainer_stuck"].fire and rules["rank_stuck"].by_rank
 
 
 def test_a_rank_twice_as_slow_is_named_at_its_second_slow_update_and_resolves_when_it_recovers() -> None:
@@ -87,12 +87,17 @@ def test_a_rank_whose_heartbeats_arrive_without_progress_is_stuck() -> None:
     for age in (0.0, 10.0, 20.0, 29.0):
         stuck.ts = streams[0].ts = t + age  # heartbeats keep coming from both ranks
         h.feed(stuck.heartbeat(progress_age_s=age), streams[0].heartbeat(progress_age_s=0.5))
-    assert [n for n in h.notes if n.rule == "rank_stuck"] == []
-    h.tick(t + 29.0 + 1.5)  # 29 s at the last heartbeat, 30.5 s now
-    assert [(n.status, n.rule, n.rank) for n in h.notes] == [(FIRING, "rank_stuck", 1)]
+    assert [n for n in h.notes if "stuck" in n.rule] == []
+    h.tick(t + 29.0 + 1.5)  # 29 s at the last heartbeat, 30.5 s now: past the 30 s bound
+    # The run is STUCK (trainer_stuck, on the combined view) and rank_stuck names the rank.
+    assert sorted((n.status, n.rule, n.rank) for n in h.notes) == [
+        (FIRING, "rank_stuck", 1),
+        (FIRING, "trainer_stuck", None),
+    ]
     stuck.ts = t + 31.0
     h.feed(stuck.heartbeat(progress_age_s=0.2))  # the collective came back
     assert [(n.status, n.rank) for n in h.notes if n.rule == "rank_stuck"] == [(FIRING, 1), (RESOLVED, 1)]
+    assert h.notes[-1].status == RESOLVED
 
 
 def test_a_new_run_resolves_per_rank_alerts() -> None:

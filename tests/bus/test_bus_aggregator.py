@@ -48,13 +48,15 @@ def test_tamiyo_state_has_nested_metrics() -> None:
 
 
 @pytest.mark.parametrize(
-    ("allocated", "reserved", "percent"),
-    [(4.2, 8.0, 52.5), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (3.0, 3.0, 100.0)],
+    ("total", "free", "percent"),
+    [(80.0, 20.0, 75.0), (141.0, 141.0, 0.0), (24.0, 0.0, 100.0), (0.0, 0.0, None)],
 )
-def test_memory_usage_percent(allocated: float, reserved: float, percent: float) -> None:
-    ev = ppo_update(cuda_memory_allocated_gb=allocated, cuda_memory_reserved_gb=reserved)
+def test_memory_usage_percent_is_how_full_the_device_is(
+    total: float, free: float, percent: float | None
+) -> None:
+    ev = ppo_update(cuda_memory_total_gb=total, cuda_memory_free_gb=free)
     m = InfrastructureMetrics(ev)
-    assert m.memory_usage_percent == pytest.approx(percent)
+    assert m.memory_usage_percent == (None if percent is None else pytest.approx(percent))
 
 
 def test_aggregator_populates_nested_metrics() -> None:
@@ -68,7 +70,7 @@ def test_aggregator_populates_nested_metrics() -> None:
     assert infra.cuda_memory_peak_gb == 6.5
     assert infra.cuda_memory_fragmentation == 0.475
     assert infra.cuda_memory_step == 20
-    assert infra.memory_usage_percent == pytest.approx(52.5)
+    assert infra.memory_usage_percent is None  # the factory's event has no device capacity
     assert snap.tamiyo.ppo_data_received and snap.tamiyo.update == 3
     assert snap.tamiyo.head_entropy["alpha_curve"] == 0.5
     assert snap.tamiyo.total_layers == 14 and snap.tamiyo.dead_layers == 1

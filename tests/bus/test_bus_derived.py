@@ -42,8 +42,27 @@ def test_entropy_fraction_hand_worked_and_edge_cases() -> None:
 def test_layer_fraction_and_memory_percent() -> None:
     assert derived.layer_fraction(3, 24) == 0.125
     assert derived.layer_fraction(0, 0) is None
-    assert derived.memory_usage_percent(4.2, 8.0) == pytest.approx(52.5)
-    assert derived.memory_usage_percent(1.0, 0.0) == 0.0
+    # (total − free) / total: 80 GB device with 20 GB free is 75% full; no device, no figure.
+    assert derived.memory_usage_percent(80.0, 20.0) == pytest.approx(75.0)
+    assert derived.memory_usage_percent(0.0, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("fragmentation", "reserved", "total", "counted"),
+    [
+        (0.5, 8.0, 80.0, 0.5),  # reserved exactly 10% of the device: counts
+        (0.5, 7.9, 80.0, 0.0),  # under 10%: 0.5 × 7.9 GB = 4.9% of the device wasted at most
+        (0.9, 0.2, 141.0, 0.0),  # a small policy on a big GPU: the CPU-test case that used to fire
+        (0.4, 60.0, 80.0, 0.4),
+        (0.4, 60.0, 0.0, 0.0),  # capacity unknown: no claim
+    ],
+)
+def test_fragmentation_counts_only_where_reserved_is_a_share_of_the_device(
+    fragmentation: float, reserved: float, total: float, counted: float
+) -> None:
+    assert derived.fragmentation_that_matters(fragmentation, reserved, total) == counted
+    if counted:  # what fragmentation could waste is then at least 0.1 × fragmentation of the device
+        assert fragmentation * reserved / total >= derived.FRAGMENTATION_MIN_RESERVED * fragmentation
 
 
 def test_nonfinite_losses_counts_each_loss_field() -> None:
@@ -62,3 +81,66 @@ def test_return_trend_is_the_difference_of_window_means() -> None:
     assert delta == pytest.approx(np.mean(history[-10:]) - np.mean(history[-20:-10]))
     assert derived.return_trend([1.0, 3.0]) == (2.0, "↗")  # short: two halves of one
     assert derived.return_trend([5.0, 5.05] * 10)[1] == "→"  # within 2% of the largest |return|
+
+
+def _progress_by_numpy(history: list[float], window: int = 15, t: float = 3.0) -> str | None:
+    """learning_progress's definition (docs/metrics.md) written again with numpy."""
+    v = np.asarray([x for x in history if np.isfinite(x)])
+    if v.size < 2 * window:
+        return None
+    new, prev = v[-window:], v[-2 * window : -window]
+    se_new = new.std(ddof=1) / np.sqrt(window)
+    se_prev = prev.std(ddof=1) / np.sqrt(window)
+    if new.mean() - prev.mean() > t * np.hypot(se_new, se_prev):
+        return "LEARNING"
+    means = np.convolve(v, np.ones(window) / window, mode="valid")
+    best, first = means.max(), means[0]
+    noise = t * np.sqrt(2) * se_new
+    if new.mean() < best - max(noise, 0.1 * (best - first)):
+        return "REGRESSING"
+    return "LEARNING" if best - first > noise else "PLATEAU"
+
+
+def test_learning_progress_matches_an_independent_numpy_computation() -> None:
+    rng = np.random.default_rng(5)
+    seen = set()
+    for trial in range(300):
+        n = int(rng.integers(25, 120))
+        shape = rng.choice(["rise", "flat", "rise_then_drop", "rise_then_hold"])
+        x = np.arange(n)
+        level = {
+            "rise": 0.03 * x,
+            "flat": np.zeros(n),
+            "rise_then_drop": np.where(x < n // 2, 0.05 * x, 0.05 * (n // 2) - 0.04 * (x - n // 2)),
+            "rise_then_hold": np.minimum(0.05 * x, 1.5),
+        }[shape]
+        history = list(level + rng.normal(0, 0.1, n))
+        if trial % 7 == 0:
+            history[int(rng.integers(n))] = float("nan")  # skipped, like return_trend
+        expected = _progress_by_numpy(history)
+        assert derived.learning_progress(history) == expected, (trial, shape)
+        seen.add(expected)
+    assert seen == {None, "LEARNING", "PLATEAU", "REGRESSING"}
+
+
+def test_learning_progress_hand_worked() -> None:
+    assert derived.learning_progress([0.0] * 29) is None  # 2 × 15 finite returns needed
+    rising = [0.1 * i for i in range(30)]
+    assert derived.learning_progress(rising) == derived.LEARNING
+    # Rose from 0 to 2 and holds at 2 ± 0.05: within the margin of its best, holding high.
+    held = [0.0] * 15 + [2.0 + 0.05 * (-1) ** i for i in range(30)]
+    assert derived.learning_progress(held) == derived.LEARNING
+    # The same run dropping to 1.5: 0.5 below its best, more than 10% of the 2.0 gained.
+    assert derived.learning_progress([*held, *[1.5 + 0.05 * (-1) ** i for i in range(15)]]) == "REGRESSING"
+    # A dip of 0.1 (5% of what was gained, yet many standard errors) is not a regression.
+    assert derived.learning_progress([*held, *[1.9 + 0.05 * (-1) ** i for i in range(15)]]) == "LEARNING"
+    assert derived.learning_progress([0.05 * (-1) ** i for i in range(40)]) == derived.PLATEAU
+
+
+@pytest.mark.parametrize(
+    ("train_steps", "measured_at", "age", "overdue"),
+    [(20, 20, 0, False), (29, 20, 9, False), (30, 20, 10, True), (5, -1, None, False)],
+)
+def test_measurement_age(train_steps: int, measured_at: int, age: int | None, overdue: bool) -> None:
+    assert derived.measurement_age(train_steps, measured_at) == age
+    assert derived.measurement_overdue(age, 10) is overdue

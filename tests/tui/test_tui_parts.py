@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.content import Content
 from textual.theme import BUILTIN_THEMES
-from tui_synth import HEADS, Run, head_entropies, healthy_run, ppo, started
+from tui_synth import HEADS, Run, batch, head_entropies, healthy_run, ppo, started
 
 from bus.aggregator import fold_all
 from bus.derived import entropy_fraction, head_entropy_fractions, return_trend
@@ -132,15 +132,45 @@ def test_pack_breaks_between_pieces_not_inside():
 
 def test_assess_names_every_crossed_threshold():
     run = Run()
-    items = healthy_run(run, 10)
+    u = th.EXPLAINED_VARIANCE_WARMUP_UPDATES
+    items = healthy_run(run, u)
     assert assess(fold_all(items)).label == "LEARNING"
-    items.append(run.env(ppo(10, dead_layers=1, gradient_cv=3.0, explained_variance=-0.2)))
+    items.append(run.env(ppo(u, dead_layers=1, gradient_cv=3.0, explained_variance=-0.2)))
     status = assess(fold_all(items))
     assert status.label == "WARN:value fit, dead layers" and status.level == Level.WARN
-    items.append(run.env(ppo(11, exploding_layers=2, head_entropy=head_entropies(0.8) | {"op": 0.0})))
+    items.append(run.env(ppo(u + 1, exploding_layers=2, head_entropy=head_entropies(0.8) | {"op": 0.0})))
     status = assess(fold_all(items))
     assert status.label == "FAIL:exploding grads"
     assert (Level.WARN, "op head") in status.findings
+
+
+def test_a_fresh_critic_below_zero_is_no_warning():
+    """Healthy default runs read explained variance below 0 up to update 51 (docs/metrics.md)."""
+    run = Run()
+    items = healthy_run(run, 51)
+    items.append(run.env(ppo(51, explained_variance=-0.7)))
+    assert assess(fold_all(items)).label == "LEARNING"
+    items.append(run.env(ppo(th.EXPLAINED_VARIANCE_WARMUP_UPDATES, explained_variance=-0.7)))
+    assert assess(fold_all(items)).label == "WARN:value fit"
+
+
+@pytest.mark.parametrize(
+    ("returns", "label", "level"),
+    [
+        ([0.05 * i for i in range(40)], "LEARNING", Level.OK),
+        ([0.0] * 5 + [1.0] * 35, "LEARNING", Level.OK),  # holding at its best
+        ([0.0, 0.1] * 20, "PLATEAU", Level.NONE),  # never rose
+        ([0.0] * 5 + [1.0] * 20 + [0.5] * 15, "REGRESSING", Level.WARN),
+        ([0.0] * 10, "WARMING UP", Level.NONE),  # too few returns to say
+    ],
+)
+def test_the_status_word_follows_the_return(returns, label, level):
+    run = Run()
+    items = [run.env(started())]
+    for u, r in enumerate(returns):
+        items += [run.env(batch(u, return_mean=r)), run.env(ppo(u, explained_variance=0.5))]
+    status = assess(fold_all(items))
+    assert (status.label, status.level) == (label, level)
 
 
 def test_assess_waiting_and_warmup():

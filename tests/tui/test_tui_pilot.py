@@ -9,6 +9,7 @@ import pytest
 from tui_helpers import ENDPOINT, async_test, screen_text, settle
 from tui_synth import HEADS, Run, batch, finished, head_entropies, healthy_run, heartbeat, ppo, started
 
+from bus.derived import PROGRESS_WINDOW
 from bus.feed import Gap
 from consumers.tui.thresholds import WARMUP_UPDATES
 from consumers.tui.widgets.help_screen import HelpScreen
@@ -28,15 +29,17 @@ async def test_waiting_screen_names_the_endpoint(make_app, clock):
 
 
 @async_test
-async def test_memory_as_percentage_not_gigabytes(make_app):
+async def test_memory_is_how_full_the_gpu_is_not_allocated_over_reserved(make_app):
     app = make_app()
     run = Run()
     async with app.run_test(size=(120, 40)) as pilot:
         app.ingest(healthy_run(run, 10))
-        app.ingest([run.env(ppo(10, cuda_memory_allocated_gb=4.2, cuda_memory_reserved_gb=8.0))])
+        # allocated/reserved would be 52%; the device is (80 - 60.8) / 80 = 24% full
+        memory = dict(cuda_memory_allocated_gb=4.2, cuda_memory_reserved_gb=8.0, cuda_memory_total_gb=80.0)
+        app.ingest([run.env(ppo(10, **memory, cuda_memory_free_gb=60.8))])
         text = await settle(app, pilot)
-    assert "[Mem:52%]" in text or "[Mem:53%]" in text
-    assert "4.2/8.0" not in text
+    assert "[Mem:24%] (0u ago)" in text
+    assert "52%" not in text and "4.2/8.0" not in text
 
 
 @async_test
@@ -47,7 +50,8 @@ async def test_memory_hidden_without_cuda_and_coloured_by_band(make_app):
         app.ingest(healthy_run(run, 10))
         text = await settle(app, pilot)
         assert "[Mem:" not in text  # the synthetic run reserves nothing: no CUDA
-        app.ingest([run.env(ppo(10, cuda_memory_allocated_gb=7.6, cuda_memory_reserved_gb=8.0))])
+        # (80 - 4) / 80 = 95% of the device in use: red, the next large allocation may not fit
+        app.ingest([run.env(ppo(10, cuda_memory_total_gb=80.0, cuda_memory_free_gb=4.0))])
         await settle(app, pilot)
         style = _style_of(app, "[Mem:95%]")
     assert style.bold
@@ -109,9 +113,15 @@ async def test_footer_fits_80x24(make_app):
     run = Run()
     async with app.run_test(size=(80, 24)) as pilot:
         app.ingest(healthy_run(run, 30, compile_enabled=True))
-        app.ingest([run.env(ppo(30, cuda_memory_allocated_gb=4.2, cuda_memory_reserved_gb=8.0))])
+        memory = dict(cuda_memory_total_gb=80.0, cuda_memory_free_gb=70.4)
+        app.ingest([run.env(ppo(30, **memory))])
         text = await settle(app, pilot)
-    for needle in ("TAMIYO [compiled]", "[Mem:52%]", "CV:0.42 stable", "Dead:0/14  Exploding:0/14"):
+    for needle in (
+        "TAMIYO [compiled]",
+        "[Mem:12%] (0u ago)",
+        "CV:0.42 stable (0u ago)",
+        "Dead:0/14  Exploding:0/14",
+    ):
         assert needle in text
     assert "Clip:↑10%/↓5%" in text and "(↑10% ↓5%)" in text
     assert "update 30/500" in text and "LIVE" in text
@@ -136,6 +146,39 @@ async def test_silence_goes_slow_then_stale_and_recovers(make_app, clock):
         app.ingest([run.env(heartbeat("rollout", 10))])
         text = await settle(app, pilot)
     assert "● LIVE" in text and "STALE" not in text
+
+
+@async_test
+async def test_a_hung_training_loop_shows_stuck_not_live(make_app, clock):
+    app = make_app()
+    run = Run()
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.ingest(healthy_run(run, 40))  # step_time 2 ms, a fast run: the 30 s floor is the bound
+        for age in range(1, 31):  # the loop hangs in update 40; the publisher's thread keeps beating
+            clock.advance(1.0)
+            app.ingest([run.env(heartbeat("update", 40, progress_age_s=float(age)))])
+        text = await settle(app, pilot)
+        assert "● LIVE" in text and "STUCK" not in text  # 30 s: at the bound, not past it
+        clock.advance(1.0)
+        app.ingest([run.env(heartbeat("update", 40, progress_age_s=31.0))])
+        text = await settle(app, pilot)
+    assert "● STUCK 31s" in text
+    assert "STUCK: no training progress for 31s (bound 30s)" in text
+    assert "STALE" not in text and "SLOW" not in text
+
+
+@async_test
+async def test_throttled_values_show_their_age(make_app):
+    app = make_app()
+    run = Run()
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.ingest(healthy_run(run, 14))  # gradient CV measured at update 10, shown at 13
+        text = await settle(app, pilot)
+        assert "CV:" in text and "(3u ago)" in text
+        app.ingest([run.env(ppo(u, gradient_cv_step=10)) for u in range(14, 21)])  # the one due at 20 missed
+        text = await settle(app, pilot)
+    assert "(10u ago)" in text
+    assert app.view().snapshot.tamiyo.gradient_cv_step == 10
 
 
 @async_test
@@ -222,6 +265,8 @@ async def test_status_levels(make_app):
         app.ingest([run.env(ppo(u, kl_divergence=0.5)) for u in range(WARMUP_UPDATES)])
         assert "WARMING UP" in await settle(app, pilot)  # KL is not judged during warm-up
         app.ingest([run.env(ppo(WARMUP_UPDATES))])
+        assert "WARMING UP" in await settle(app, pilot)  # no returns yet: whether it learns is unknown
+        app.ingest([run.env(batch(u)) for u in range(2 * PROGRESS_WINDOW)])  # returns rising
         assert "● LEARNING" in await settle(app, pilot)
         app.ingest([run.env(ppo(WARMUP_UPDATES + 1, kl_divergence=0.05, clip_fraction=0.35))])
         assert "● WARN:KL, clip" in await settle(app, pilot)
@@ -334,7 +379,7 @@ async def test_theme_toggle_switches_palette(make_app):
     app = make_app()
     run = Run()
     async with app.run_test(size=(120, 40)) as pilot:
-        app.ingest(healthy_run(run, 10))
+        app.ingest(healthy_run(run, 2 * PROGRESS_WINDOW))
         await settle(app, pilot)
         assert app.view().palette is DARK
         await pilot.press("t")
@@ -354,7 +399,7 @@ async def test_resizing_shows_the_detail_panels_when_tall_enough(make_app):
         await pilot.resize_terminal(160, 48)
         text = await settle(app, pilot)
         assert "Rollout" in text and "Delivery" in text and "Config" in text
-        assert "Flow: CV:0.42 stable   Dead:0/14  Exploding:0/14   Clip:↑10%/↓5%" in text  # one line
+        assert "Flow: CV:0.42 stable (9u ago)   Dead:0/14  Exploding:0/14   Clip:↑10%/↓5%" in text  # one line
 
 
 @async_test

@@ -7,7 +7,7 @@ from testkit import events
 from tui_helpers import async_test, settle
 from tui_synth import Run, batch, ppo, started
 
-from bus.ranks import STUCK_AFTER_S
+from bus.liveness import STUCK_MIN_S
 from consumers.tui.app import TamiyoApp
 from consumers.tui.widgets.ranks_panel import ROWS_SHOWN, RanksPanel
 
@@ -91,11 +91,11 @@ async def test_a_rank_whose_heartbeats_arrive_without_progress_is_shown_stuck(ma
     async with app.run_test(size=(130, 44)) as pilot:
         start(app, ranks)
         update(app, ranks, 0)
-        for age in (5.0, 15.0, 25.0, STUCK_AFTER_S + 1):
+        for age in (5.0, 15.0, 25.0, STUCK_MIN_S + 1):
             clock.advance(1.0 if age == 5.0 else 10.0)
             app.ingest([beat(ranks[0], 1), beat(ranks[1], 0, progress_age_s=age)])
             text = await settle(app, pilot)
-            assert ("STUCK" in row_of(app, 1)) == (age > STUCK_AFTER_S)
+            assert ("STUCK" in row_of(app, 1)) == (age > STUCK_MIN_S)
         assert "LIVE" in row_of(app, 0) and "1 STUCK" in text
 
 
@@ -107,7 +107,7 @@ async def test_sixty_four_ranks_list_the_worst_and_sum_up_the_rest(make_app, clo
         start(app, ranks)
         for u in range(4):
             update(app, ranks, u, {17: 260.0, 40: 130.0})
-        app.ingest([beat(ranks[52], 3, progress_age_s=STUCK_AFTER_S + 5)])
+        app.ingest([beat(ranks[52], 3, progress_age_s=STUCK_MIN_S + 5)])
         text = await settle(app, pilot)
         lines = table(app)
         stuck, straggler = row_of(app, 52), row_of(app, 17)

@@ -19,7 +19,8 @@ def waiting_app() -> TamiyoApp:
 def healthy_items() -> list:
     run = Run("7f3a9c21e4b0")
     items = healthy_run(run, 120, compile_enabled=True, device="cuda:0")
-    items.append(run.env(ppo(120, cuda_memory_allocated_gb=4.2, cuda_memory_reserved_gb=8.0)))
+    memory = dict(cuda_memory_allocated_gb=4.2, cuda_memory_reserved_gb=8.0, cuda_memory_total_gb=80.0)
+    items.append(run.env(ppo(120, **memory, cuda_memory_free_gb=70.4)))  # [Mem:12%]: plenty left
     items.append(run.env(heartbeat("rollout", 120)))
     return items
 
@@ -46,6 +47,8 @@ def alarmed_items() -> list:
                     explained_variance=0.3 - 0.02 * (u - 60),
                     cuda_memory_allocated_gb=7.5,
                     cuda_memory_reserved_gb=8.0,
+                    cuda_memory_total_gb=80.0,
+                    cuda_memory_free_gb=4.8,  # [Mem:94%]: another process holds most of the GPU
                 )
             )
         )

@@ -67,7 +67,7 @@ def ppo(update: int, **overrides: object) -> PPOUpdate:
     heads = head_entropies(frac, spread=0.3)
     measured_at = (update // 10) * 10
     values: dict[str, object] = dict(
-        train_steps=update * 16,
+        train_steps=update,  # as the producer counts; the throttled *_step fields are train_steps
         env_steps=(update + 1) * 256,
         policy_loss=-0.01 + 0.002 * wobble,
         value_loss=0.5 / (1 + 0.05 * update) + 0.02 * wobble,
@@ -105,8 +105,12 @@ def batch(update: int, **overrides: object) -> BatchCompleted:
     return events.batch_completed(update, **{**values, **overrides})
 
 
-def heartbeat(phase: str = "rollout", update: int = 0, period_s: float = 1.0) -> Heartbeat:
-    return events.heartbeat(period_s=period_s, phase=phase, update=update, uptime_s=60.0 + update)
+def heartbeat(
+    phase: str = "rollout", update: int = 0, period_s: float = 1.0, **overrides: object
+) -> Heartbeat:
+    return events.heartbeat(
+        period_s=period_s, phase=phase, update=update, uptime_s=60.0 + update, **overrides
+    )
 
 
 def finished(reason: str = "done", updates: int = 0, error: str = "") -> TrainingFinished:

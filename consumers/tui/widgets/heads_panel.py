@@ -11,6 +11,7 @@ from bus.derived import head_fraction
 from consumers.tui import thresholds as th
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
+from consumers.tui.widgets.age import age_style, age_suffix
 from consumers.tui.widgets.palette import Palette
 from consumers.tui.widgets.panel import Lines, Panel
 from consumers.tui.widgets.render import bar, fixed, fmt, pack_lines, pct, shown, styled
@@ -43,11 +44,14 @@ def flow_footer(view: View) -> list[Content]:
     gq = t.gradient_quality
     if gq.gradient_cv_step >= 0:
         level = th.GRADIENT_CV.level(gq.gradient_cv)
+        style = age_style(view, gq.gradient_cv_step, p.of(level))
         cv = Content.assemble(
             ("Flow: ", p.dim),
-            (f"CV:{fixed(gq.gradient_cv)}", p.of(level)),
+            # +inf is the producer's "no detectable signal": pure noise, shown as words, not "inf".
+            ("CV:∞ no signal" if gq.gradient_cv == math.inf else f"CV:{fixed(gq.gradient_cv)}", style),
             " ",
-            (CV_WORDS[level], p.of(level)),
+            (CV_WORDS[level], style),
+            age_suffix(view, gq.gradient_cv_step),
         )
     else:
         cv = Content.assemble(("Flow: ", p.dim), ("CV:– not measured yet", p.dim))

@@ -57,6 +57,8 @@ def rows(view: View, wide: bool) -> list[Row]:
         ent = Row("Entropy", "Entropy", None, f"{fmt(t.entropy)}n", "", None, 0, 1, h["entropy"])
     clip_dir = f"(↑{pct(gq.clip_fraction_positive)} ↓{pct(gq.clip_fraction_negative)})"
     kl, clip, ev, gn = t.kl_divergence, t.clip_fraction, t.explained_variance, t.grad_norm
+    # As in the banner: a fresh critic's explained variance is shown, not judged, until its warm-up ends.
+    ev_band = th.EXPLAINED_VARIANCE if t.update >= th.EXPLAINED_VARIANCE_WARMUP_UPDATES else None
     return [
         ent,
         Row("KL", "KL", kl, fmt(kl), "", th.KL, 0, 1.5 * (th.KL.fail or 0), h["kl_divergence"]),
@@ -71,7 +73,7 @@ def rows(view: View, wide: bool) -> list[Row]:
             1.2 * (th.CLIP.fail or 0),
             h["clip_fraction"],
         ),
-        Row("Expl. var", "ExplVar", ev, fmt(ev), "", th.EXPLAINED_VARIANCE, -1, 1, h["explained_variance"]),
+        Row("Expl. var", "ExplVar", ev, fmt(ev), "", ev_band, -1, 1, h["explained_variance"]),
         Row("Grad norm", "GradNorm", gn, fmt(gn), "", th.GRAD_NORM, 0, th.GRAD_NORM.warn, h["grad_norm"]),
         Row("Value loss", "ValLoss", t.value_loss, fmt(t.value_loss), "", None, 0, 0, h["value_loss"]),
     ]

@@ -6,8 +6,8 @@ from collections import Counter
 
 from textual.content import Content
 
-from bus.liveness import FINISHED, LIVE, SLOW, STALE
-from bus.ranks import STUCK, worst_first
+from bus.liveness import FINISHED, LIVE, SLOW, STALE, STUCK
+from bus.ranks import worst_first
 from bus.state import RankState
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 
 from bus.derived import return_trend
-from bus.liveness import FINISHED, LIVE, SLOW, STALE, WAITING
+from bus.liveness import FINISHED, LIVE, SLOW, STALE, STUCK, WAITING
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
 from consumers.tui.widgets.panel import Lines, Panel
@@ -18,13 +18,20 @@ TEXT_MAX = 32
 
 
 def connection_piece(view: View) -> Content:
-    """● LIVE / SLOW 4s / STALE 12s / FINISHED / WAITING, coloured; the producer's phase when compiling."""
+    """● LIVE / SLOW 4s / STALE 12s / STUCK 45s / FINISHED / WAITING, coloured; the phase when compiling.
+
+    SLOW and STALE count seconds of silence; STUCK counts seconds without training progress.
+    """
     p = view.palette
     state = view.connection
-    style = {LIVE: p.ok, SLOW: p.warn, STALE: p.fail, FINISHED: p.accent, WAITING: p.dim}[state]
+    style = {LIVE: p.ok, SLOW: p.warn, STALE: p.fail, STUCK: p.fail, FINISHED: p.accent, WAITING: p.dim}[
+        state
+    ]
     text = f"● {state}"
     if state in (SLOW, STALE):
         text += f" {view.silence_s:.0f}s"
+    elif state == STUCK and view.progress_age_s is not None:
+        text += f" {view.progress_age_s:.0f}s"
     piece = styled(text, style)
     phase = view.snapshot.delivery.producer_phase
     if state in (LIVE, SLOW) and phase == "compiling":

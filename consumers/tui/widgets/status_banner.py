@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from textual.content import Content
 
-from bus.liveness import SLOW, STALE, WAITING
+from bus.liveness import SLOW, STALE, STUCK, WAITING
 from consumers.tui import thresholds as th
 from consumers.tui.thresholds import Level
 from consumers.tui.view import View
+from consumers.tui.widgets.age import age_style, age_suffix
 from consumers.tui.widgets.panel import Lines, Panel
 from consumers.tui.widgets.render import fixed, fmt, pack_lines, pct, shown, styled
 
@@ -28,14 +29,15 @@ def border_title(compile_enabled: bool) -> Content:
 
 
 def memory_piece(view: View) -> Content:
-    """[Mem:NN%] of allocated over reserved CUDA memory; empty without CUDA (nothing reserved)."""
+    """[Mem:NN%]: how full the GPU is, (total − free) / total; empty without CUDA; its age once stale."""
     infra = view.snapshot.tamiyo.infrastructure
-    if infra.cuda_memory_reserved_gb <= 0:
-        return Content("")
     percent = infra.memory_usage_percent
+    if percent is None or infra.cuda_memory_step < 0:
+        return Content("")
     level = th.MEMORY.level(percent)
     style = {Level.OK: view.palette.dim, Level.WARN: view.palette.warn}.get(level, view.palette.fail)
-    return styled(f"[Mem:{fixed(percent, 0)}%]", style)
+    step = infra.cuda_memory_step
+    return styled(f"[Mem:{fixed(percent, 0)}%]", age_style(view, step, style)) + age_suffix(view, step)
 
 
 class StatusBanner(Panel):
@@ -45,7 +47,7 @@ class StatusBanner(Panel):
 
     def show(self, view: View) -> None:
         level = view.status.level
-        if view.connection == STALE:
+        if view.connection in (STALE, STUCK):
             level = Level.FAIL
         wanted = STATUS_CLASSES[level]
         if not self.has_class(wanted):  # one restyle, not one per class added or removed
@@ -69,6 +71,14 @@ class StatusBanner(Panel):
         if view.connection in (SLOW, STALE):
             style = p.fail if view.connection == STALE else p.warn
             pieces.append(styled(f"{view.connection}: no message for {view.silence_s:.0f}s", style))
+        elif view.connection == STUCK and view.progress_age_s is not None:
+            pieces.append(
+                styled(
+                    f"STUCK: no training progress for {view.progress_age_s:.0f}s "
+                    f"(bound {view.stuck_bound_s:.0f}s), heartbeats still arrive",
+                    p.fail,
+                )
+            )
         elif view.connection == WAITING:
             pieces.append(styled(f"listening on {shown(view.endpoint)}", p.dim))
         if t.ppo_data_received:

@@ -1,0 +1,282 @@
+"""The alert truth table: each default rule against healthy seeds and injected faults (real producer runs).
+
+Each scenario runs ``python -m producer --updates N --seed S [--fault KIND@U]`` as a child process,
+records what a subscriber receives (with its receive time), then replays that recording through
+the aggregator fold and the alert engine with the default rules, as the alert daemon would,
+evaluating on every item and on a tick every ``TICK_S`` between them. A cell says ``quiet`` or
+``fired at update N`` (the ppo_update the consumer had folded when the rule first fired).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.report import Figure, at_least, at_most
+from bus.aggregator import Aggregator
+from bus.contract import Envelope, TrainingFinished
+from bus.feed import Item
+from consumers.alerts.engine import AlertEngine
+from consumers.alerts.rules import Rule, default_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+TICK_S = 0.5
+"""Between two received items the engine is also evaluated every this many seconds (the daemon ticks)."""
+HEALTHY_SEEDS = (1, 2, 3)
+UPDATES = 60
+"""Updates per scenario: faults are injected at ``FAULT_AT`` and get the rest of the run to be seen."""
+FAULT_AT = 25
+"""After the TUI's warm-up and the first few throttled measurements (diagnostics_every = 10)."""
+FAULT_SEED = 1
+RUN_TIMEOUT_S = 600.0
+
+EXPECTED: dict[str, str] = {
+    "lr_spike": "kl_divergence_high",
+    "nan_loss": "nonfinite_losses",
+    "explode": "exploding_layers",
+    "entropy_collapse": "entropy_collapse",
+    "dead_layers": "dead_layers",
+    "noisy_gradients": "gradient_cv",
+    "hang": "trainer_stuck",
+    "fragment": "cuda_memory_fragmentation",
+}
+"""Each fault and the default rule that must fire on it."""
+CUDA_ONLY = frozenset({"fragment"})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One producer run: a seed and the faults injected into it (none: a healthy run)."""
+
+    name: str
+    seed: int
+    faults: tuple[str, ...] = ()
+    """``KIND@UPDATE`` arguments of ``--fault``."""
+    expect: str = ""
+    """The default rule this scenario must fire; "" for a healthy run (nothing may fire)."""
+
+    def argv(self, endpoint: str, updates: int) -> list[str]:
+        args = [sys.executable, "-m", "producer", "--endpoint", endpoint, "--wait-for-subscriber", "60"]
+        args += ["--updates", str(updates), "--seed", str(self.seed)]
+        for fault in self.faults:
+            args += ["--fault", fault]
+        return args
+
+
+def scenarios(
+    seeds: Sequence[int] = HEALTHY_SEEDS, fault_at: int = FAULT_AT, cuda: bool = False
+) -> list[Scenario]:
+    """The healthy seeds, then one run per fault (``fragment`` only where ``cuda``)."""
+    out = [Scenario(f"healthy seed {s}", s) for s in seeds]
+    for kind, rule in EXPECTED.items():
+        if kind in CUDA_ONLY and not cuda:
+            continue
+        out.append(Scenario(kind, FAULT_SEED, (f"{kind}@{fault_at}",), rule))
+    return out
+
+
+Timeline = list[tuple[float, Item]]
+"""What a subscriber received, each item with its receive time (``time.monotonic()``)."""
+
+
+@dataclass
+class Outcome:
+    """One scenario's result: the update at which each rule first fired (None: quiet)."""
+
+    scenario: Scenario
+    fired: dict[str, int | None]
+    error: str = ""
+    """Why the run produced no usable recording (the producer failed); the row is then not judged."""
+
+
+def first_firings(
+    timeline: Iterable[tuple[float, Item]], rules: list[Rule], tick_s: float = TICK_S
+) -> dict[str, int | None]:
+    """Replay ``timeline`` into a fresh fold and engine: each rule's first firing update, or None."""
+    aggregator = Aggregator()
+    engine = AlertEngine(rules, wall_clock=lambda: 0.0)
+    fired: dict[str, int | None] = {rule.name: None for rule in rules}
+
+    def evaluate(now: float) -> None:
+        engine.evaluate(aggregator.state, now, quiet=True)
+        for name in engine.firing():
+            if fired[name] is None:
+                fired[name] = engine.update
+
+    last: float | None = None
+    for received_at, item in timeline:
+        if last is not None:
+            t = last + tick_s
+            while t < received_at:
+                evaluate(t)
+                t += tick_s
+        aggregator.apply(item, received_at)
+        evaluate(received_at)
+        last = received_at
+    return fired
+
+
+def _free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -> tuple[Timeline, str]:
+    """Run the producer for ``scenario`` and record what a subscriber receives; (timeline, error or "")."""
+    import zmq
+
+    from bus.subscribe import Subscriber, SubscriberConfig
+
+    endpoint = _free_endpoint()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        scenario.argv(endpoint, updates),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
+    timeline: Timeline = []
+    ctx = zmq.Context()
+    deadline = time.monotonic() + timeout_s
+    finished_at: float | None = None
+    try:
+        with Subscriber(SubscriberConfig(endpoint=endpoint), ctx=ctx) as sub:
+            while time.monotonic() < deadline:
+                items = sub.receive(timeout=0.2)
+                now = time.monotonic()
+                for item in items:
+                    timeline.append((now, item))
+                    if isinstance(item, Envelope) and isinstance(item.event, TrainingFinished):
+                        finished_at = now
+                exited = proc.poll() is not None
+                # Once the producer has exited, what it sent last is already here or lost.
+                if finished_at is not None or (exited and not items):
+                    break
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+        ctx.term()
+    if finished_at is None:
+        last = (stderr.strip().splitlines() or [""])[-1]
+        return timeline, f"exit {proc.returncode}, no training_finished: {last}"
+    return timeline, ""
+
+
+def run_scenario(scenario: Scenario, updates: int, rules: list[Rule]) -> Outcome:
+    timeline, error = record(scenario, updates)
+    fired = first_firings(timeline, rules) if not error else {rule.name: None for rule in rules}
+    return Outcome(scenario, fired, error)
+
+
+def cell(outcome: Outcome, rule: str) -> str:
+    """``quiet`` or ``fired at update N``, bold where it is the scenario's expected rule."""
+    if outcome.error:
+        return "error"
+    at = outcome.fired.get(rule)
+    text = "quiet" if at is None else f"fired at update {at}"
+    return f"**{text}**" if rule == outcome.scenario.expect else text
+
+
+def table(outcomes: Sequence[Outcome], rules: Sequence[str]) -> str:
+    """Markdown: one row per default rule, one column per scenario; the expected cell in bold."""
+    head = "| rule | " + " | ".join(o.scenario.name for o in outcomes) + " |"
+    lines = [head, "|---|" + "---|" * len(outcomes)]
+    for rule in rules:
+        lines.append(f"| `{rule}` | " + " | ".join(cell(o, rule) for o in outcomes) + " |")
+    for o in outcomes:
+        if o.error:
+            lines.append(f"\n{o.scenario.name}: {o.error}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Verdict:
+    """What the table says: false alarms on healthy runs, faults caught by their rule."""
+
+    false_alarms: list[str] = field(default_factory=list)
+    """``scenario: rule`` for each rule that fired on a healthy run."""
+    caught: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def judge(outcomes: Sequence[Outcome]) -> Verdict:
+    v = Verdict()
+    for o in outcomes:
+        s = o.scenario
+        if o.error:
+            v.errors.append(s.name)
+        elif not s.expect:
+            v.false_alarms += [f"{s.name}: {rule}" for rule, at in o.fired.items() if at is not None]
+        elif o.fired.get(s.expect) is not None:
+            v.caught.append(s.name)
+        else:
+            v.missed.append(s.name)
+    return v
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def truth_table(quick: bool = False, workers: int = 2) -> list[Figure]:
+    """Run every scenario (``workers`` at a time), print the table to stdout, return two figures."""
+    rules = default_rules()
+    updates = 40 if quick else UPDATES
+    fault_at = 15 if quick else FAULT_AT
+    chosen = scenarios(HEALTHY_SEEDS, fault_at, cuda=_cuda_available())
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(lambda s: run_scenario(s, updates, rules), chosen))
+    print(
+        f"\nAlert truth table: {updates} updates per run, faults at update {fault_at}; "
+        "the rule each fault must fire is in bold.\n"
+    )
+    print(table(outcomes, [rule.name for rule in rules]))
+    v = judge(outcomes)
+    healthy = [o for o in outcomes if not o.scenario.expect and not o.error]
+    faulty = [o for o in outcomes if o.scenario.expect]  # a run that failed counts as not caught
+    if v.false_alarms:
+        print("\nfalse alarms: " + "; ".join(v.false_alarms))
+    if v.missed:
+        print("faults no rule of theirs caught: " + ", ".join(v.missed))
+    how = f"default rules x {len(healthy)} healthy seeds, {updates} updates"
+    return [
+        at_most(
+            "truth_false_alarms",
+            "alerts fired on healthy seeds (rule x seed)",
+            float(len(v.false_alarms)),
+            float(len(rules) * max(1, len(healthy))),
+            "alerts",
+            0.0,
+            how,
+        ),
+        at_least(
+            "truth_faults_caught",
+            "injected faults caught by their rule",
+            float(len(v.caught)),
+            float(max(1, len(faulty))),
+            "faults",
+            1.0,
+            f"one run per fault at update {fault_at}; errors: {', '.join(v.errors) or 'none'}",
+        ),
+    ]
