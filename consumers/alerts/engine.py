@@ -16,7 +16,8 @@ once. ``for_seconds`` uses the consumer's clock.
 
 A rule with ``by_rank = true`` runs this state machine once per rank, on that rank's own
 state (``bus.ranks.rank_view``): each rank fires and resolves on its own, and its
-notifications carry its ``rank``.
+notifications carry its ``rank``. It stays quiet while the run has a single rank, whose
+numbers are the combined view the other rules watch (no duplicate alerts).
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ class AlertEngine:
         self.update = state.tamiyo.update
         for rule in self.rules:
             if rule.by_rank:
+                if len(state.ranks) < 2:
+                    continue  # one rank is the combined view: the rules without by_rank say it all
                 for rank in state.ranks:
                     st = self._rank_states.get((rule.name, rank))
                     if st is None:

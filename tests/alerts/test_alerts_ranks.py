@@ -127,3 +127,13 @@ def test_by_rank_is_a_rule_field_and_a_rank_template_needs_it() -> None:
         parse_rules(RANK_TEMPLATE.format(by_rank=""))
     with pytest.raises(ConfigError, match="'by_rank' must be"):
         parse_rules(RANK_TEMPLATE.format(by_rank='by_rank = "yes"'))
+
+
+def test_per_rank_rules_stay_quiet_in_a_single_process_run() -> None:
+    h, (s,) = Harness(), ranks(1)
+    start(h, [s])
+    t = h.now
+    for age in (10.0, 20.0, 40.0):
+        s.ts = t + age
+        h.feed(s.heartbeat(progress_age_s=age))
+    assert [(n.rule, n.rank) for n in h.notes] == [("trainer_stuck", None)]
