@@ -11,16 +11,17 @@ ENDPOINT ?= $(or $(TAMIYO_ENDPOINT),tcp://127.0.0.1:5555)
 ARGS ?=
 OUT ?= runs
 WEB ?= 127.0.0.1:8000
+EXPORT ?= 127.0.0.1:9464
 # NPROC=2 (or more): train under torchrun, one DDP rank per process, each publishing to `make bus`.
 NPROC ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui web archive alerts bench test lint clean
+.PHONY: help install train tui web export archive alerts bench gpu-check test lint clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/archive/alerts), ENDPOINT=$(ENDPOINT), WEB=$(WEB),"
-	@echo "             OUT=$(OUT), TORCH=$(TORCH)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/export/archive/alerts), ENDPOINT=$(ENDPOINT),"
+	@echo "             WEB=$(WEB), EXPORT=$(EXPORT), OUT=$(OUT), TORCH=$(TORCH)"
 	@echo "             NPROC=$(NPROC) (train: NPROC>1 runs torchrun, its ranks publish through make bus)"
 
 $(VENV)/.installed: pyproject.toml
@@ -46,6 +47,9 @@ tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:
 web: $(VENV)/.installed ## The dashboard in a browser at http://WEB (default 127.0.0.1:8000); one per tab
 	$(BIN)/python -m consumers.web --endpoint $(ENDPOINT) --address $(WEB) $(ARGS)
 
+export: $(VENV)/.installed ## Prometheus exporter: every metric per run and rank at http://EXPORT/metrics
+	$(BIN)/python -m consumers.exporter --endpoint $(ENDPOINT) --address $(EXPORT) $(ARGS)
+
 archive: $(VENV)/.installed ## Record a run to CSV under OUT (default runs/)
 	$(BIN)/python -m consumers.archiver --endpoint $(ENDPOINT) --out $(OUT) $(ARGS)
 
@@ -54,6 +58,9 @@ alerts: $(VENV)/.installed ## Watch a run for trouble and print alerts
 
 bench: $(VENV)/.installed ## Benchmarks: ratios against references in one run; writes bench/results.json
 	$(BIN)/python -m bench $(ARGS)
+
+gpu-check: $(VENV)/.installed ## On a CUDA machine: compiled training, cuda_* fields and fragmentation checked
+	$(BIN)/python -m bench.gpu_check
 
 test: $(VENV)/.installed ## Run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)

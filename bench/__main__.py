@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         ("bus", "memory", lambda: bus_figures.consumer_memory(100_000 if q else 1_000_000)),
         ("bus", "replay storm", lambda: storm.replay_storm(10 if q else 20)),
         ("training", "overhead", lambda: training_figures.overhead(10 if q else 30, 1 if q else 2)),
+        (
+            "training",
+            "noise_cost",
+            lambda: training_figures.gradient_noise_cost(20 if q else 60, 1 if q else 3),
+        ),
         ("training", "learning", lambda: training_figures.learning(20 if q else 120, seed=1)),
         ("consumers", "tui", lambda: consumer_figures.tui(quick=q)),
         ("consumers", "archiver", lambda: consumer_figures.archiver(20_000 if q else 300_000)),

@@ -120,7 +120,8 @@ class PPOUpdate(msgspec.Struct, tag="ppo_update", kw_only=True, gc=False):
     gradient_cv: Annotated[
         float,
         _m(
-            "minibatch-gradient coefficient of variation, √(Σᵢ Var_k g_k,i) / ‖mean_k g_k‖",
+            "noise-to-signal ratio of the update's mean gradient, √(B_simple/B) at the update's starting "
+            "weights, pooled; +inf: no detectable signal",
             measured_at=_GRADIENT_CV,
             history=True,
         ),

@@ -158,6 +158,7 @@ def run(
     first: list[float] = []
     recent: list[float] = []
     gradient_cvs: list[float] = []
+    noise_scales: list[float] = []
     progress = Progress(err, cfg.updates)
     reason, error, tb, code = "done", "", "", 0
 
@@ -226,6 +227,7 @@ def run(
                 break
             if metrics["gradient_cv_step"] == metrics["train_steps"]:
                 gradient_cvs.append(metrics["gradient_cv"])
+                noise_scales.append(metrics["gradient_noise_scale"])
             tm.publish(events.ppo_update(metrics))
             if lead:
                 progress.show(
@@ -269,6 +271,7 @@ def run(
             "diagnostics_ms": trainer.diagnostics_ms if trainer else 0.0,
             "update_time_ms_total": trainer.update_ms if trainer else 0.0,
             "gradient_cv": gradient_cvs,
+            "gradient_noise_scale": noise_scales,
             "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         }
         try:

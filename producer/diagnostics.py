@@ -1,18 +1,20 @@
 """Tamiyo's PPO diagnostics, computed as tensors (no host sync) so an update syncs them once.
 
 Names follow the feature plan: ``compute_directional_clip_fraction``,
-``collect_cuda_memory_metrics``, ``compute_gradient_cv``. docs/metrics.md explains every one.
+``collect_cuda_memory_metrics``. gradient_cv comes from ``producer.gradient_noise``.
+docs/metrics.md explains every one.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from producer.gradient_noise import NoiseReading
 
 DEAD_GRAD = 1e-6
 """A gradient element with |g| below this counts as dead."""
@@ -28,7 +30,13 @@ CUDA_MEMORY_KEYS = (
     "cuda_memory_reserved_gb",
     "cuda_memory_peak_gb",
     "cuda_memory_fragmentation",
+    "cuda_memory_total_gb",
+    "cuda_memory_free_gb",
+    "cuda_memory_inactive_split_gb",
+    "cuda_alloc_retries",
+    "cuda_ooms",
 )
+GRADIENT_NOISE_KEYS = ("gradient_cv", "gradient_noise_scale", "gradient_noise_batch")
 
 
 def compute_directional_clip_fraction(
@@ -42,44 +50,31 @@ def compute_directional_clip_fraction(
 
 
 def collect_cuda_memory_metrics(device: torch.device | None = None) -> dict[str, float]:
-    """The four ``cuda_memory_*`` values in GB (1e9 bytes); all present, and 0.0 without CUDA.
+    """Every ``CUDA_MEMORY_KEYS`` value (GB = 1e9 bytes, counts as floats); all present, 0.0 without CUDA.
 
-    fragmentation = 1 - allocated / reserved (0.0 when nothing is reserved). Peak is the
-    largest allocation since the process started.
+    allocated/reserved/peak come from the caching allocator (peak: the largest allocation since the
+    process started); fragmentation = 1 - allocated / reserved (0.0 when nothing is reserved).
+    total/free are the device's, from ``cudaMemGetInfo`` (other processes' memory counts as used).
+    inactive_split is the allocator's cached-but-unusable split blocks (``inactive_split_bytes``);
+    alloc_retries and ooms are cumulative counts since the process started.
     """
     if device is None or device.type != "cuda" or not torch.cuda.is_available():
         return dict.fromkeys(CUDA_MEMORY_KEYS, 0.0)
     allocated = torch.cuda.memory_allocated(device) / 1e9
     reserved = torch.cuda.memory_reserved(device) / 1e9
-    peak = torch.cuda.max_memory_allocated(device) / 1e9
+    free, total = torch.cuda.mem_get_info(device)
+    stats = torch.cuda.memory_stats(device)
     return {
         "cuda_memory_allocated_gb": allocated,
         "cuda_memory_reserved_gb": reserved,
-        "cuda_memory_peak_gb": peak,
+        "cuda_memory_peak_gb": torch.cuda.max_memory_allocated(device) / 1e9,
         "cuda_memory_fragmentation": 1.0 - allocated / reserved if reserved > 0 else 0.0,
+        "cuda_memory_total_gb": total / 1e9,
+        "cuda_memory_free_gb": free / 1e9,
+        "cuda_memory_inactive_split_gb": stats.get("inactive_split_bytes.all.current", 0) / 1e9,
+        "cuda_alloc_retries": float(stats.get("num_alloc_retries", 0)),
+        "cuda_ooms": float(stats.get("num_ooms", 0)),
     }
-
-
-def compute_gradient_cv(minibatch_grads: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    """Coefficient of variation of the minibatch gradient vector over K >= 2 minibatches of one update.
-
-    cv = sqrt(sum_i Var_k[g_k,i]) / ||mean_k g_k||: the noise norm over the signal norm.
-    Var is the sample variance (divisor K - 1), an unbiased estimate of each coordinate's
-    variance across minibatches. Identical gradients give 0; zero-mean noise gives about
-    sqrt(K); 0/0 (all gradients zero) gives 0 and noise over an exactly zero mean gives inf.
-    Returns a 0-d tensor on the gradients' device, in their dtype (no host sync).
-    """
-    grads = (
-        minibatch_grads if isinstance(minibatch_grads, torch.Tensor) else torch.stack(list(minibatch_grads))
-    )
-    if grads.dim() != 2 or grads.shape[0] < 2:
-        raise ValueError(f"need a (K >= 2, P) stack of minibatch gradients, got shape {tuple(grads.shape)}")
-    mean = grads.mean(dim=0)
-    # sum_i Var_k[g_k,i] = ||G - mean||_F^2 / (K - 1): one elementwise pass, no strided reduction.
-    noise = torch.linalg.vector_norm(grads - mean) / math.sqrt(grads.shape[0] - 1)
-    signal = torch.linalg.vector_norm(mean)
-    zero_or_inf = torch.where(noise > 0, torch.inf, 0.0).to(noise)
-    return torch.where(signal > 0, noise / signal, zero_or_inf)
 
 
 @dataclass
@@ -145,7 +140,7 @@ class ThrottledValues:
     """
 
     every: int
-    gradient_cv: float = 0.0
+    gradient_noise: dict[str, float] = field(default_factory=lambda: dict.fromkeys(GRADIENT_NOISE_KEYS, 0.0))
     gradient_cv_step: int = -1
     cuda_memory: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CUDA_MEMORY_KEYS, 0.0))
     cuda_memory_step: int = -1
@@ -154,8 +149,12 @@ class ThrottledValues:
         """Whether the update that starts with ``train_steps`` completed updates measures."""
         return train_steps % self.every == 0
 
-    def record_gradient_cv(self, value: float, step: int) -> None:
-        self.gradient_cv = value
+    def record_gradient_noise(self, reading: NoiseReading, step: int) -> None:
+        self.gradient_noise = {
+            "gradient_cv": reading.cv,
+            "gradient_noise_scale": reading.b_simple,
+            "gradient_noise_batch": reading.batch,
+        }
         self.gradient_cv_step = step
 
     def record_cuda_memory(self, values: Mapping[str, float], step: int) -> None:
@@ -165,8 +164,11 @@ class ThrottledValues:
     def fields(self) -> dict[str, float | int]:
         """The PPOUpdate fields these values fill."""
         return {
-            "gradient_cv": self.gradient_cv,
+            **self.gradient_noise,
+            "gradient_noise_batch": int(self.gradient_noise["gradient_noise_batch"]),
             "gradient_cv_step": self.gradient_cv_step,
             **self.cuda_memory,
+            "cuda_alloc_retries": int(self.cuda_memory["cuda_alloc_retries"]),
+            "cuda_ooms": int(self.cuda_memory["cuda_ooms"]),
             "cuda_memory_step": self.cuda_memory_step,
         }

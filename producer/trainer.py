@@ -21,7 +21,6 @@ from producer.diagnostics import (
     ThrottledValues,
     collect_cuda_memory_metrics,
     compute_directional_clip_fraction,
-    compute_gradient_cv,
     compute_head_grad_norms,
     compute_layer_health,
     explained_variance,
@@ -30,6 +29,7 @@ from producer.diagnostics import (
 from producer.distributed import ProcessGroup
 from producer.env import TamiyoEnv
 from producer.faults import FaultContext, Faults
+from producer.gradient_noise import GradientNoise, NoiseScalePooler, measure_gradient_noise
 from producer.model import Policy, SequenceEval, segments
 from producer.timing import RankTimer
 
@@ -106,6 +106,7 @@ class Trainer:
             self.heads_fn = torch.compile(self.policy.heads_out, **options)
         self.timer = RankTimer(device)
         evaluate = SequenceEval(self.policy, self.heads_fn)
+        self.local_evaluate = evaluate
         self.evaluate: nn.Module = group.wrap(evaluate, self.timer) if group else evaluate
         self.faults = Faults(cfg.faults)
         self.sample_gen = torch.Generator(device=device)
@@ -139,10 +140,10 @@ class Trainer:
         self.episodes_completed = 0
         self.throttled = ThrottledValues(every=cfg.diagnostics_every)
         self.diagnostics_ms = 0.0
-        """Wall time spent in the throttled diagnostics (gradient copies, gradient_cv, CUDA memory)."""
+        """Wall time spent in the throttled diagnostics (the gradient noise passes, CUDA memory)."""
         self.update_ms = 0.0
         """Wall time spent in update() in total."""
-        self._cv_buffer: torch.Tensor | None = None
+        self.noise_pooler = NoiseScalePooler()
 
     # -- rollout -----------------------------------------------------------------
 
@@ -236,6 +237,7 @@ class Trainer:
         self.timer.reset()
         fault_ctx = FaultContext(update=self.train_steps + 1, rank=self.rank, interrupted=self.interrupted)
         spans = segments(self.episode_starts, cfg.rollout_steps)
+        noise = self._measure_noise(spans) if measure else None
         n_minibatches = cfg.update_epochs * cfg.num_minibatches
         totals: dict[str, Any] = {}
         health = None
@@ -245,36 +247,25 @@ class Trainer:
             for mb in order.split(cfg.envs_per_minibatch):
                 if should_stop():
                     return None
-                grad_row = self._cv_rows()[k] if measure else None
-                stats, health = self._minibatch_step(
-                    mb, spans, grad_row, fault_ctx, last=k == n_minibatches - 1
-                )
+                stats, health = self._minibatch_step(mb, spans, fault_ctx, last=k == n_minibatches - 1)
                 totals = {name: totals.get(name, 0) + value for name, value in stats.items()}
                 k += 1
         assert health is not None
-        return self._summary(totals, n_minibatches, health, measure, started)
+        return self._summary(totals, n_minibatches, health, noise, started)
 
-    def _minibatch_step(
-        self,
-        mb: torch.Tensor,
-        spans: list[tuple[int, int]],
-        grad_row: torch.Tensor | None,
-        fault_ctx: FaultContext,
-        *,
-        last: bool,
-    ) -> tuple[dict[str, torch.Tensor], LayerHealth | None]:
-        """One gradient step on the whole env sequences ``mb``; its diagnostics as detached tensors.
+    def _losses(
+        self, mb: torch.Tensor, spans: list[tuple[int, int]], evaluate: nn.Module
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The PPO loss on the whole env sequences ``mb`` at the current weights, and its parts.
 
-        ``grad_row`` (on a measuring update) receives the minibatch's flat gradient for gradient_cv;
-        ``last`` classifies the layers too. Both see the raw gradient (under DDP: all-reduced), before
-        clipping. The timer marks the forward's start and backward's return (see producer.timing).
+        ``evaluate`` is ``self.evaluate`` (under DDP: wrapped, its backward all-reduces) for a gradient
+        step, and the rank's own ``self.local_evaluate`` for measurements that must not all-reduce.
         """
         cfg = self.cfg
         h0, c0 = self.initial_lstm_state
-        self.timer.start()
         newlogprob, head_entropy, newvalue = self._first_call(
             "heads",
-            self.evaluate,
+            evaluate,
             "update",
             self.obs[:, mb],
             (h0[mb], c0[mb]),
@@ -290,15 +281,52 @@ class Trainer:
         v_loss = self._value_loss(newvalue, mb)
         entropy = head_entropy.sum(-1).mean()
         loss = pg_loss - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss
-        self.faults.fire("minibatch_compute", fault_ctx)
+        parts = {"pg": pg_loss, "v": v_loss, "entropy": entropy, "head_entropy": head_entropy}
+        return loss, parts | {"ratio": ratio, "logratio": logratio}
 
+    def _measure_noise(self, spans: list[tuple[int, int]]) -> tuple[GradientNoise, Callable[[], float]]:
+        """The gradient noise at the update's starting weights from its two halves of whole env sequences.
+
+        Returns the tensors (synced with the update's other values) and how to read its seconds after
+        the sync: CUDA events time it without a sync of their own; on CPU the work is synchronous.
+        """
+        half = self.cfg.n_envs // 2  # an odd env out is left unmeasured: the groups must be equal
+        halves = torch.arange(2 * half, device=self.device).chunk(2)
+
+        def measure() -> GradientNoise:
+            loss_of = lambda mb: self._losses(mb, spans, self.local_evaluate)[0]  # noqa: E731
+            return measure_gradient_noise(loss_of, self.params, halves, half * self.cfg.rollout_steps)
+
+        if self.device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            noise = measure()
+            end.record()
+            return noise, lambda: begin.elapsed_time(end) / 1000.0
+        t0 = time.perf_counter()
+        noise = measure()
+        seconds = time.perf_counter() - t0
+        return noise, lambda: seconds
+
+    def _minibatch_step(
+        self, mb: torch.Tensor, spans: list[tuple[int, int]], fault_ctx: FaultContext, *, last: bool
+    ) -> tuple[dict[str, torch.Tensor], LayerHealth | None]:
+        """One gradient step on the whole env sequences ``mb``; its diagnostics as detached tensors.
+
+        ``last`` classifies the layers too, on the raw gradient (under DDP: all-reduced) before clipping.
+        The timer marks the forward's start and backward's return (see producer.timing).
+        """
+        cfg = self.cfg
+        self.timer.start()
+        loss, parts = self._losses(mb, spans, self.evaluate)
+        self.faults.fire("minibatch_compute", fault_ctx)
+        ratio = parts["ratio"]
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         self.timer.done()
         with torch.no_grad():
-            flat = torch.cat([p.grad.reshape(-1) for p in self.params], out=grad_row)
             stats = {
-                "nan_grad_count": (~torch.isfinite(flat)).sum(),
+                "nan_grad_count": sum((~torch.isfinite(p.grad)).sum() for p in self.params),
                 "head_grad_norm": compute_head_grad_norms(self.policy.actor),
             }
             health = compute_layer_health(self.params) if last else None
@@ -307,21 +335,26 @@ class Trainer:
         with torch.no_grad():
             positive, negative = compute_directional_clip_fraction(ratio, cfg.clip_ratio)
             stats |= {
-                "policy_loss": pg_loss.detach(),
-                "value_loss": v_loss.detach(),
-                "entropy": entropy.detach(),
-                "kl_divergence": ((ratio - 1) - logratio).mean(),
+                "policy_loss": parts["pg"].detach(),
+                "value_loss": parts["v"].detach(),
+                "entropy": parts["entropy"].detach(),
+                "kl_divergence": ((ratio - 1) - parts["logratio"]).mean(),
                 "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean(),
                 "clip_fraction_positive": positive,
                 "clip_fraction_negative": negative,
                 "grad_norm": grad_norm,
-                "head_entropy": head_entropy.mean((0, 1)).detach(),
+                "head_entropy": parts["head_entropy"].mean((0, 1)).detach(),
             }
         self.progress()
         return stats, health
 
     def _summary(
-        self, totals: dict[str, Any], n_minibatches: int, health: LayerHealth, measure: bool, started: float
+        self,
+        totals: dict[str, Any],
+        n_minibatches: int,
+        health: LayerHealth,
+        noise: tuple[GradientNoise, Callable[[], float]] | None,
+        started: float,
     ) -> dict[str, Any]:
         """The update's PPOUpdate fields: minibatch means (counts summed) and end-of-update diagnostics."""
         with torch.no_grad():
@@ -332,17 +365,20 @@ class Trainer:
                 "dead_layers": health.dead,
                 "exploding_layers": health.exploding,
             }
-            if measure:
-                values["gradient_cv"], cv_seconds = self._gradient_cv()
+            if noise is not None:
+                values |= {"noise_trace_sigma": noise[0].trace_sigma, "noise_signal_sq": noise[0].signal_sq}
         host = to_host(values)  # the update's one host sync
         compute_ms, wait_ms = self.timer.totals_ms()
         self.train_steps += 1
         diag_s = 0.0
-        if measure:
+        if noise is not None:
             t0 = time.perf_counter()
-            self.throttled.record_gradient_cv(host["gradient_cv"], self.train_steps)
+            self.noise_pooler.add(host.pop("noise_trace_sigma"), host.pop("noise_signal_sq"))
+            reading = self.noise_pooler.reading(self.cfg.n_envs * self.cfg.rollout_steps)
+            if reading is not None:  # None while every measurement so far was non-finite
+                self.throttled.record_gradient_noise(reading, self.train_steps)
             self.throttled.record_cuda_memory(collect_cuda_memory_metrics(self.device), self.train_steps)
-            diag_s = time.perf_counter() - t0 + cv_seconds()
+            diag_s = time.perf_counter() - t0 + noise[1]()
         self.diagnostics_ms += diag_s * 1000.0
         update_ms = (time.perf_counter() - started) * 1000.0
         self.update_ms += update_ms
@@ -363,29 +399,6 @@ class Trainer:
             "compute_time_ms": compute_ms,
             "collective_wait_ms": wait_ms,
         }
-
-    def _gradient_cv(self) -> tuple[torch.Tensor, Callable[[], float]]:
-        """gradient_cv over the update's minibatch gradients, and how to read its seconds after the sync.
-
-        CUDA events time it without a sync of their own; on CPU the work is synchronous.
-        """
-        if self.device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            cv = compute_gradient_cv(self._cv_rows())
-            end.record()
-            return cv, lambda: begin.elapsed_time(end) / 1000.0
-        t0 = time.perf_counter()
-        cv = compute_gradient_cv(self._cv_rows())
-        seconds = time.perf_counter() - t0
-        return cv, lambda: seconds
-
-    def _cv_rows(self) -> torch.Tensor:
-        """(K, n_params) buffer for the K minibatch gradients of a measuring update, allocated once."""
-        if self._cv_buffer is None:
-            k = self.cfg.update_epochs * self.cfg.num_minibatches
-            self._cv_buffer = torch.empty(k, sum(p.numel() for p in self.params), device=self.device)
-        return self._cv_buffer
 
     def _value_loss(self, newvalue: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
         returns = self.returns[:, mb]

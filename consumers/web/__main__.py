@@ -9,10 +9,11 @@ import sys
 
 from bus.endpoint import EndpointError, default_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
+from consumers.address import AddressError, parse_address
 from consumers.tui.__main__ import MAX_REFRESH_HZ, check_endpoint
 from consumers.tui.app import DEFAULT_REFRESH_HZ
-from consumers.web.address import DEFAULT_ADDRESS, AddressError, parse_address
 
+DEFAULT_ADDRESS = "127.0.0.1:8000"
 EXIT_BAD_ARGS = 2
 NO_AUTH_WARNING = (
     "tamiyo-web: WARNING: serving on {url}, beyond loopback. The page has no authentication: anyone "
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_endpoint(args.endpoint)
-        subscriber_security(args)
-        address = parse_address(args.address)
+        subscriber_security(args.curve_keys)
+        address = parse_address(args.address, DEFAULT_ADDRESS)
     except (EndpointError, SecurityError, AddressError) as exc:
         print(f"tamiyo-web: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS

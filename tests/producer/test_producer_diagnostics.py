@@ -14,13 +14,13 @@ from producer.diagnostics import (
     ThrottledValues,
     collect_cuda_memory_metrics,
     compute_directional_clip_fraction,
-    compute_gradient_cv,
     compute_head_grad_norms,
     compute_layer_health,
     explained_variance,
     to_host,
 )
 from producer.env import action_heads
+from producer.gradient_noise import NoiseReading
 from producer.model import Policy
 
 torch.set_num_threads(1)
@@ -54,6 +54,77 @@ def test_cuda_memory_metrics_always_has_all_keys() -> None:
         assert all(metrics[key] == 0.0 for key in CUDA_MEMORY_KEYS)
 
 
+class FakeCuda:
+    """torch.cuda as the collector sees it on a device with known allocator figures (bytes)."""
+
+    GB = 1_000_000_000
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def memory_allocated(device: torch.device) -> int:
+        return 3 * FakeCuda.GB
+
+    @staticmethod
+    def memory_reserved(device: torch.device) -> int:
+        return 4 * FakeCuda.GB
+
+    @staticmethod
+    def max_memory_allocated(device: torch.device) -> int:
+        return 5 * FakeCuda.GB
+
+    @staticmethod
+    def mem_get_info(device: torch.device) -> tuple[int, int]:
+        return 30 * FakeCuda.GB, 80 * FakeCuda.GB  # (free, total), as cudaMemGetInfo
+
+    @staticmethod
+    def memory_stats(device: torch.device) -> dict[str, int]:
+        return {
+            "inactive_split_bytes.all.current": FakeCuda.GB // 4,
+            "num_alloc_retries": 7,
+            "num_ooms": 2,
+            "allocated_bytes.all.current": 3 * FakeCuda.GB,
+        }
+
+
+def test_cuda_memory_metrics_read_the_device_and_the_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "cuda", FakeCuda)
+    metrics = collect_cuda_memory_metrics(torch.device("cuda", 0))
+    assert set(metrics) == set(CUDA_MEMORY_KEYS)
+    assert metrics == {
+        "cuda_memory_allocated_gb": 3.0,
+        "cuda_memory_reserved_gb": 4.0,
+        "cuda_memory_peak_gb": 5.0,
+        "cuda_memory_fragmentation": pytest.approx(0.25),
+        "cuda_memory_total_gb": 80.0,
+        "cuda_memory_free_gb": 30.0,
+        "cuda_memory_inactive_split_gb": 0.25,
+        "cuda_alloc_retries": 7.0,
+        "cuda_ooms": 2.0,
+    }
+    # the feature plan's memory_usage_percent, (total - free) / total: 62.5% in use
+    used = (
+        100
+        * (metrics["cuda_memory_total_gb"] - metrics["cuda_memory_free_gb"])
+        / metrics["cuda_memory_total_gb"]
+    )
+    assert used == pytest.approx(62.5)
+
+
+def test_cuda_memory_metrics_without_an_allocator_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh process: nothing reserved, no stats keys yet; every value 0, no division by zero.
+    class Fresh(FakeCuda):
+        memory_allocated = memory_reserved = max_memory_allocated = staticmethod(lambda device: 0)
+        memory_stats = staticmethod(lambda device: {})
+
+    monkeypatch.setattr(torch, "cuda", Fresh)
+    metrics = collect_cuda_memory_metrics(torch.device("cuda"))
+    assert metrics["cuda_memory_fragmentation"] == 0.0 and metrics["cuda_alloc_retries"] == 0.0
+    assert metrics["cuda_memory_inactive_split_gb"] == 0.0 and metrics["cuda_memory_total_gb"] == 80.0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_memory_metrics_on_cuda() -> None:
     device = torch.device("cuda")
@@ -65,42 +136,8 @@ def test_cuda_memory_metrics_on_cuda() -> None:
     expected = 1 - metrics["cuda_memory_allocated_gb"] / metrics["cuda_memory_reserved_gb"]
     assert metrics["cuda_memory_fragmentation"] == pytest.approx(expected)
     assert 0.0 <= metrics["cuda_memory_fragmentation"] <= 1.0
-
-
-def test_gradient_cv_identical_gradients_is_zero() -> None:
-    g = torch.randn(500, generator=torch.Generator().manual_seed(0))
-    assert float(compute_gradient_cv([g, g.clone(), g.clone(), g.clone()])) == 0.0
-
-
-def test_gradient_cv_zero_mean_noise_is_large() -> None:
-    # Pure noise: the noise norm is sqrt(P), the mean's norm about sqrt(P / K): cv is about sqrt(K).
-    k, p = 16, 20_000
-    noise = torch.randn(k, p, generator=torch.Generator().manual_seed(1))
-    cv = float(compute_gradient_cv(noise))
-    assert cv > 2.0
-    assert cv == pytest.approx(math.sqrt(k), rel=0.1)
-
-
-def test_gradient_cv_analytic_case() -> None:
-    # g1 = (1, 1), g2 = (3, 3): mean (2, 2), norm 2*sqrt(2); sample variances 2 and 2, sum 4.
-    cv = float(compute_gradient_cv([torch.tensor([1.0, 1.0]), torch.tensor([3.0, 3.0])]))
-    assert cv == pytest.approx(2.0 / (2.0 * math.sqrt(2.0)), abs=1e-7)
-
-
-def test_gradient_cv_against_numpy() -> None:
-    rng = np.random.default_rng(7)
-    grads = rng.normal(0.3, 1.0, size=(8, 300))
-    expected = math.sqrt(grads.var(axis=0, ddof=1).sum()) / np.linalg.norm(grads.mean(axis=0))
-    assert float(compute_gradient_cv(torch.tensor(grads))) == pytest.approx(expected, rel=1e-9)
-
-
-def test_gradient_cv_degenerate_cases() -> None:
-    zeros = torch.zeros(3, 10)
-    assert float(compute_gradient_cv(zeros)) == 0.0
-    opposite = torch.tensor([[1.0, -2.0], [-1.0, 2.0]])
-    assert math.isinf(float(compute_gradient_cv(opposite)))
-    with pytest.raises(ValueError, match="K >= 2"):
-        compute_gradient_cv(torch.ones(1, 5))
+    assert 0.0 < metrics["cuda_memory_free_gb"] <= metrics["cuda_memory_total_gb"]
+    assert metrics["cuda_memory_reserved_gb"] <= metrics["cuda_memory_total_gb"]
 
 
 def _naive_layer_health(grads: list[np.ndarray | None]) -> tuple[int, int, int]:
@@ -203,12 +240,16 @@ def test_throttled_values_measure_on_schedule_and_carry() -> None:
     t = ThrottledValues(every=10)
     assert [s for s in range(25) if t.due(s)] == [0, 10, 20]
     assert t.fields()["gradient_cv_step"] == -1 and t.fields()["cuda_memory_step"] == -1
-    t.record_gradient_cv(0.7, 1)
-    t.record_cuda_memory(dict.fromkeys(CUDA_MEMORY_KEYS, 0.25), 1)
+    t.record_gradient_noise(NoiseReading(b_simple=2048.0, batch=512), 1)
+    t.record_cuda_memory(dict.fromkeys(CUDA_MEMORY_KEYS, 3.0), 1)
     carried = t.fields()
-    assert carried["gradient_cv"] == 0.7 and carried["gradient_cv_step"] == 1
-    assert carried["cuda_memory_allocated_gb"] == 0.25 and carried["cuda_memory_step"] == 1
-    assert set(carried) == {"gradient_cv", "gradient_cv_step", *CUDA_MEMORY_KEYS, "cuda_memory_step"}
+    assert carried["gradient_cv"] == 2.0 and carried["gradient_cv_step"] == 1
+    assert carried["gradient_noise_scale"] == 2048.0 and carried["gradient_noise_batch"] == 512
+    assert carried["cuda_memory_allocated_gb"] == 3.0 and carried["cuda_memory_step"] == 1
+    assert carried["cuda_alloc_retries"] == carried["cuda_ooms"] == 3
+    assert isinstance(carried["cuda_alloc_retries"], int) and isinstance(carried["gradient_noise_batch"], int)
+    keys = {"gradient_cv", "gradient_noise_scale", "gradient_noise_batch", "gradient_cv_step"}
+    assert set(carried) == keys | {*CUDA_MEMORY_KEYS, "cuda_memory_step"}
 
 
 def test_to_host_names_every_value_in_one_sync() -> None:

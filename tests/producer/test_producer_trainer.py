@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,7 +43,8 @@ def test_update_returns_every_ppo_update_field_in_range() -> None:
     assert event.clip_fraction_positive + event.clip_fraction_negative == pytest.approx(event.clip_fraction)
     assert event.grad_norm > 0 and event.entropy > 0 and event.update_time_ms > 0
     assert event.kl_divergence >= -1e-6
-    assert math.isfinite(event.gradient_cv) and event.gradient_cv > 0 and event.gradient_cv_step == 1
+    assert event.gradient_cv > 0 and event.gradient_cv_step == 1 and event.gradient_noise_batch == 4 * 12
+    assert event.gradient_cv == pytest.approx(math.sqrt(event.gradient_noise_scale / 48))
     assert event.total_layers == sum(1 for p in trainer.policy.parameters() if p.grad is not None)
     assert event.dead_layers == event.exploding_layers == event.nan_grad_count == 0
     assert list(event.head_entropy) == list(event.head_grad_norm) == list(trainer.heads)
@@ -67,6 +69,50 @@ def test_throttled_diagnostics_are_carried_between_measurements() -> None:
     assert (s3, at3) == (3, 3) and cv3 != cv1
     assert (s4, cv4, at4) == (4, cv3, 3)
     assert all(cv > 0 for _, cv, _, _ in seen)
+
+
+def _half_gradients(trainer: Trainer) -> np.ndarray:
+    """The two halves' flat gradients at the current weights, by a plain backward each (float64)."""
+    spans = segments(trainer.episode_starts, trainer.cfg.rollout_steps)
+    rows = []
+    for half in torch.arange(trainer.cfg.n_envs).chunk(2):
+        trainer.policy.zero_grad(set_to_none=True)
+        trainer._losses(half, spans, trainer.local_evaluate)[0].backward()
+        rows.append(np.concatenate([p.grad.double().numpy().ravel() for p in trainer.params]))
+    trainer.policy.zero_grad(set_to_none=False)
+    return np.stack(rows)
+
+
+def test_gradient_cv_is_the_pooled_noise_scale_at_each_updates_starting_weights() -> None:
+    # McCandlish's estimators written out for two groups of b transitions, against the trainer's
+    # readings after one and two measuring updates (EMA weight 0.1 of numerator and denominator).
+    trainer = small_trainer(diagnostics_every=1)
+    b, batch = 2 * 12, 4 * 12
+    traces, signals = [], []
+    for _ in range(2):
+        trainer.rollout()
+        g = _half_gradients(trainer)  # the weights the update starts from
+        trace = b * float(np.sum((g[0] - g[1]) ** 2)) / 2  # b * sum_j |g_j - mean|^2 / (G - 1)
+        traces.append(trace)
+        signals.append(float(np.sum(g.mean(0) ** 2)) - trace / batch)
+        metrics = trainer.update()
+        weights = [0.9, 1.0][-len(traces) :]
+        num = sum(w * t for w, t in zip(weights, traces, strict=True))
+        den = sum(w * s for w, s in zip(weights, signals, strict=True))
+        assert den > 0, "the fixture should have a detectable signal"
+        assert metrics["gradient_noise_scale"] == pytest.approx(num / den, rel=1e-4)
+        assert metrics["gradient_cv"] == pytest.approx(math.sqrt(num / den / batch), rel=1e-4)
+        assert metrics["gradient_noise_batch"] == batch
+
+
+def test_gradient_cv_does_not_depend_on_the_minibatch_split_or_the_epochs() -> None:
+    readings = []
+    for minibatches, epochs in ((2, 1), (4, 3)):
+        trainer = small_trainer(num_minibatches=minibatches, update_epochs=epochs)
+        trainer.rollout()
+        m = trainer.update()
+        readings.append((m["gradient_cv"], m["gradient_noise_scale"]))
+    assert readings[0] == pytest.approx(readings[1], rel=1e-6)
 
 
 def test_learning_rate_anneals_linearly() -> None:

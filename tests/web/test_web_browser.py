@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit.proc import RUN_TIMEOUT_S, Proc, free_endpoint, real_producer
+from testkit.net import free_endpoint
+from testkit.proc import RUN_TIMEOUT_S, Proc, real_producer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

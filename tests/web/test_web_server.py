@@ -20,8 +20,8 @@ pytest.importorskip("textual_serve", reason="textual-serve is not installed: pip
 import aiohttp
 from testkit.proc import Proc
 
+from consumers.address import AddressError, parse_address
 from consumers.web import __main__ as web_main
-from consumers.web.address import AddressError, parse_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
@@ -75,7 +75,7 @@ def alive(pid: int) -> bool:
     ],
 )
 def test_addresses_that_parse(text: str, host: str, port: int, loopback: bool) -> None:
-    address = parse_address(text)
+    address = parse_address(text, web_main.DEFAULT_ADDRESS)
     assert (address.host, address.port, address.loopback) == (host, port, loopback)
 
 
@@ -92,7 +92,7 @@ def test_addresses_that_parse(text: str, host: str, port: int, loopback: bool) -
 )
 def test_addresses_refused_with_the_reason(text: str, says: str) -> None:
     with pytest.raises(AddressError, match=re.escape(says)):
-        parse_address(text)
+        parse_address(text, web_main.DEFAULT_ADDRESS)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The web server's listen address: ``HOST:PORT`` parsed, checked, and judged loopback or not."""
+"""A server's listen address (`make web`, `make export`): HOST:PORT parsed, checked, loopback or not."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import socket
 from typing import NamedTuple
 
 from bus.endpoint import is_loopback
-
-DEFAULT_ADDRESS = "127.0.0.1:8000"
 
 
 class AddressError(ValueError):
@@ -29,13 +27,16 @@ class Address(NamedTuple):
         return f"http://{host}:{self.port}"
 
 
-def parse_address(text: str) -> Address:
-    """``HOST:PORT`` (``[::1]:8000`` for IPv6, port 1-65535, a host that resolves) or AddressError."""
+def parse_address(text: str, example: str) -> Address:
+    """``HOST:PORT`` (``[::1]:8000`` for IPv6, port 1-65535, a host that resolves) or AddressError.
+
+    ``example`` is the address the error message offers instead (the server's default).
+    """
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise AddressError(f"{text!r} is not HOST:PORT with a port 1-65535, e.g. {DEFAULT_ADDRESS}")
+        raise AddressError(f"{text!r} is not HOST:PORT with a port 1-65535, e.g. {example}")
     try:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
