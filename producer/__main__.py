@@ -20,7 +20,7 @@ from bus.endpoint import EndpointError, check_endpoint
 from bus.security import SecurityError, add_security_arguments
 from producer import publisher as events
 from producer.config import TrainConfig, add_config_arguments
-from producer.faults import add_fault_arguments, check_fault_ranks
+from producer.faults import add_fault_arguments, check_fault_device, check_fault_ranks
 from producer.world import FORWARDER_FRONTEND, World, world_from_env
 
 if TYPE_CHECKING:
@@ -183,6 +183,8 @@ def run(
             device = group.device if group else resolve_device(cfg.device)
         except ValueError as exc:
             raise BadSetting(str(exc)) from None
+        if problems := check_fault_device(cfg.faults, device.type):
+            raise BadSetting("; ".join(problems))
         trainer = Trainer(
             cfg, device, phase=on_phase, progress=tm.mark_progress, interrupted=stop, group=group
         )

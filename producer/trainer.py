@@ -28,7 +28,7 @@ from producer.diagnostics import (
 )
 from producer.distributed import ProcessGroup
 from producer.env import TamiyoEnv
-from producer.faults import FaultContext, Faults
+from producer.faults import FaultContext, Faults, LossTerms
 from producer.gradient_noise import GradientNoise, NoiseScalePooler, measure_gradient_noise
 from producer.model import Policy, SequenceEval, segments
 from producer.timing import RankTimer
@@ -108,7 +108,7 @@ class Trainer:
         evaluate = SequenceEval(self.policy, self.heads_fn)
         self.local_evaluate = evaluate
         self.evaluate: nn.Module = group.wrap(evaluate, self.timer) if group else evaluate
-        self.faults = Faults(cfg.faults)
+        self.faults = Faults(cfg.faults, device.type)
         self.sample_gen = torch.Generator(device=device)
         self.sample_gen.manual_seed(seed + 1)
         self.shuffle_gen = torch.Generator()
@@ -222,6 +222,7 @@ class Trainer:
             delta = self.rewards[t] + cfg.gamma * next_values * not_done - self.values[t]
             last = delta + cfg.gamma * cfg.gae_lambda * not_done * last
             self.advantages[t] = last
+        self.faults.fire("advantages", self._fault_context(), advantages=self.advantages)
         self.returns = self.advantages + self.values
 
     # -- update ------------------------------------------------------------------
@@ -231,13 +232,17 @@ class Trainer:
         cfg = self.cfg
         self.set_phase("update")
         started = time.perf_counter()
-        if cfg.anneal_lr:
-            self.optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - self.train_steps / cfg.updates)
+        # Set at every update (annealed or not), so a fault may scale it for this update only.
+        anneal = 1.0 - self.train_steps / cfg.updates if cfg.anneal_lr else 1.0
+        self.optimizer.param_groups[0]["lr"] = cfg.lr * anneal
         measure = self.throttled.due(self.train_steps)
         self.timer.reset()
-        fault_ctx = FaultContext(update=self.train_steps + 1, rank=self.rank, interrupted=self.interrupted)
+        fault_ctx = self._fault_context()
+        self.faults.fire(
+            "update_start", fault_ctx, model=self.policy, optimizer=self.optimizer, device=self.device
+        )
         spans = segments(self.episode_starts, cfg.rollout_steps)
-        noise = self._measure_noise(spans) if measure else None
+        noise = self._measure_noise(spans, fault_ctx) if measure else None
         n_minibatches = cfg.update_epochs * cfg.num_minibatches
         totals: dict[str, Any] = {}
         health = None
@@ -254,8 +259,8 @@ class Trainer:
         return self._summary(totals, n_minibatches, health, noise, started)
 
     def _losses(
-        self, mb: torch.Tensor, spans: list[tuple[int, int]], evaluate: nn.Module
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, mb: torch.Tensor, spans: list[tuple[int, int]], evaluate: nn.Module, fault_ctx: FaultContext
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The PPO loss on the whole env sequences ``mb`` at the current weights, and its parts.
 
         ``evaluate`` is ``self.evaluate`` (under DDP: wrapped, its backward all-reduces) for a gradient
@@ -278,13 +283,20 @@ class Trainer:
         adv = self.advantages[:, mb]
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)).mean()
-        v_loss = self._value_loss(newvalue, mb)
-        entropy = head_entropy.sum(-1).mean()
-        loss = pg_loss - cfg.entropy_coef * entropy + cfg.vf_coef * v_loss
-        parts = {"pg": pg_loss, "v": v_loss, "entropy": entropy, "head_entropy": head_entropy}
-        return loss, parts | {"ratio": ratio, "logratio": logratio}
+        terms = LossTerms(
+            pg_loss,
+            self._value_loss(newvalue, mb),
+            head_entropy.sum(-1).mean(),
+            cfg.entropy_coef,
+            cfg.vf_coef,
+        )
+        self.faults.fire("loss", fault_ctx, loss=terms)
+        parts = {"terms": terms, "head_entropy": head_entropy, "ratio": ratio, "logratio": logratio}
+        return terms.total(), parts
 
-    def _measure_noise(self, spans: list[tuple[int, int]]) -> tuple[GradientNoise, Callable[[], float]]:
+    def _measure_noise(
+        self, spans: list[tuple[int, int]], fault_ctx: FaultContext
+    ) -> tuple[GradientNoise, Callable[[], float]]:
         """The gradient noise at the update's starting weights from its two halves of whole env sequences.
 
         Returns the tensors (synced with the update's other values) and how to read its seconds after
@@ -294,7 +306,7 @@ class Trainer:
         halves = torch.arange(2 * half, device=self.device).chunk(2)
 
         def measure() -> GradientNoise:
-            loss_of = lambda mb: self._losses(mb, spans, self.local_evaluate)[0]  # noqa: E731
+            loss_of = lambda mb: self._losses(mb, spans, self.local_evaluate, fault_ctx)[0]  # noqa: E731
             return measure_gradient_noise(loss_of, self.params, halves, half * self.cfg.rollout_steps)
 
         if self.device.type == "cuda":
@@ -318,12 +330,13 @@ class Trainer:
         """
         cfg = self.cfg
         self.timer.start()
-        loss, parts = self._losses(mb, spans, self.evaluate)
+        loss, parts = self._losses(mb, spans, self.evaluate, fault_ctx)
         self.faults.fire("minibatch_compute", fault_ctx)
         ratio = parts["ratio"]
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         self.timer.done()
+        self.faults.fire("gradients", fault_ctx, params=self.params)
         with torch.no_grad():
             stats = {
                 "nan_grad_count": sum((~torch.isfinite(p.grad)).sum() for p in self.params),
@@ -335,9 +348,9 @@ class Trainer:
         with torch.no_grad():
             positive, negative = compute_directional_clip_fraction(ratio, cfg.clip_ratio)
             stats |= {
-                "policy_loss": parts["pg"].detach(),
-                "value_loss": parts["v"].detach(),
-                "entropy": parts["entropy"].detach(),
+                "policy_loss": parts["terms"].policy_loss.detach(),
+                "value_loss": parts["terms"].value_loss.detach(),
+                "entropy": parts["terms"].entropy.detach(),
                 "kl_divergence": ((ratio - 1) - parts["logratio"]).mean(),
                 "clip_fraction": ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean(),
                 "clip_fraction_positive": positive,
@@ -399,6 +412,10 @@ class Trainer:
             "compute_time_ms": compute_ms,
             "collective_wait_ms": wait_ms,
         }
+
+    def _fault_context(self) -> FaultContext:
+        """The faults' view of the update in progress (a rollout counts to the update it feeds)."""
+        return FaultContext(update=self.train_steps + 1, rank=self.rank, interrupted=self.interrupted)
 
     def _value_loss(self, newvalue: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
         returns = self.returns[:, mb]

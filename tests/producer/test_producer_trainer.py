@@ -77,7 +77,7 @@ def _half_gradients(trainer: Trainer) -> np.ndarray:
     rows = []
     for half in torch.arange(trainer.cfg.n_envs).chunk(2):
         trainer.policy.zero_grad(set_to_none=True)
-        trainer._losses(half, spans, trainer.local_evaluate)[0].backward()
+        trainer._losses(half, spans, trainer.local_evaluate, trainer._fault_context())[0].backward()
         rows.append(np.concatenate([p.grad.double().numpy().ravel() for p in trainer.params]))
     trainer.policy.zero_grad(set_to_none=False)
     return np.stack(rows)
