@@ -9,31 +9,44 @@ How it works: a consumer subscribes to the live topics and to a replay topic uni
 to itself; seeing that subscription, the publisher sends its cached history on that
 topic, then a ``ReplayEnd`` naming the newest seq it had sent. While a replay is
 awaited ("syncing") live messages are held; at the end, history and held messages
-are merged by seq with duplicates dropped. A later seq gap starts a resync under a
-fresh token (at most one per ``resync_interval``), so history the publisher still
-caches fills the hole; what it cannot fill is reported as a ``Gap``. A publisher that
-never replays costs ``sync_timeout`` once, after which the live stream flows as is.
+are merged by seq with duplicates dropped. Behind a forwarder every rank's publisher
+sees the subscription and replays its own history with its own ``ReplayEnd``: the
+sync ends once every rank heard during it has sent its end (or at the deadline).
+A later seq gap starts a resync under a fresh token (at most one per
+``resync_interval``), so history the publisher still caches fills the hole; what it
+cannot fill is reported as a ``Gap``. A publisher that never replays costs
+``sync_timeout`` once, after which the live stream flows as is.
 A message of an event type this consumer does not know arrives as ``Skipped``: it takes
 its place in the seq order (so it is not a gap) and is not delivered.
+
+Every rank of a run (torch.distributed) numbers its own messages, so seqs, holes and
+gaps are per (run, rank); a run's ranks interleave freely. Which run is current is
+decided by arrival alone, never by timestamps: a message of another run starts a sync,
+and the run it settles on is the one the replay end names or, without one, the run of
+the newest message held. A run left that way is remembered (the last 16), and its
+stragglers are dropped and counted as ``stale``.
 """
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 
 from bus.contract import Envelope, ReplayEnd
 
 
 @dataclass(frozen=True)
 class Gap:
-    """Messages ``first``..``last`` (inclusive) of ``run_id`` were never received."""
+    """Messages ``first``..``last`` (inclusive) of ``run_id``'s rank ``rank`` were never received."""
 
     run_id: str
     first: int
     last: int
     detected_at: float
+    rank: int = 0
 
     @property
     def count(self) -> int:
@@ -42,12 +55,13 @@ class Gap:
 
 @dataclass(frozen=True)
 class Skipped:
-    """Message ``seq`` of ``run_id`` arrived but carries an event type this consumer does not know."""
+    """Message ``seq`` of rank ``rank`` of ``run_id`` has an event type this consumer does not know."""
 
     run_id: str
     seq: int
     ts: float
     type: str
+    rank: int = 0
 
 
 @dataclass
@@ -77,6 +91,9 @@ Entry = Envelope | Skipped
 """What the feed is given: a decoded envelope, or the place of one it cannot decode."""
 
 
+_ts = attrgetter("ts")
+
+
 class Feed:
     """Turns live and replayed envelopes into one ordered stream of envelopes and gaps."""
 
@@ -84,15 +101,23 @@ class Feed:
         self.sync_timeout = sync_timeout
         self.resync_interval = resync_interval
         self.run_id: str | None = None
-        self.last_seq: int | None = None
+        self.last_seqs: dict[int, int] = {}
+        """The newest seq handed on per rank of the current run."""
         self.token = new_token()
         self.syncing = True
         self.stats = FeedStats()
         self._deadline: float | None = None
         self._held: list[Entry] = []
         self._replay: list[Entry] = []
+        self._ends: dict[int, ReplayEnd] = {}
+        """The replay ends received in this sync, by rank (each rank's publisher replays its own history)."""
         self._last_resync_at = float("-inf")
         self._left: deque[str] = deque(maxlen=16)
+
+    @property
+    def last_seq(self) -> int | None:
+        """Rank 0's newest seq handed on (a single-process run's only rank); None before any."""
+        return self.last_seqs.get(0)
 
     # -- inputs -----------------------------------------------------------------
 
@@ -107,19 +132,6 @@ class Feed:
         if env.run_id in self._left:
             self.stats.stale += 1  # still in flight from a producer that has been replaced
             return
-        last = self.last_seq
-        if (
-            not self.syncing
-            and last is not None
-            and env.seq == last + 1
-            and env.run_id == self.run_id
-            and isinstance(env, Envelope)
-        ):
-            # The common case, as the general path below would take it: the next message of this run.
-            self.last_seq = env.seq
-            self.stats.delivered += 1
-            out.append(env)
-            return
         if self.syncing:
             self._hold(env, now)
             return
@@ -127,11 +139,17 @@ class Feed:
             self._begin_sync(now, fresh_token=True)
             self._hold(env, now)
             return
-        assert self.last_seq is not None
-        if env.seq <= self.last_seq:
+        last = self.last_seqs.get(env.rank, -1)  # a rank first heard now: from its seq 0 on, all count
+        if env.seq == last + 1 and type(env) is Envelope:
+            # The common case: the next message of this rank of this run.
+            self.last_seqs[env.rank] = env.seq
+            self.stats.delivered += 1
+            out.append(env)
+            return
+        if env.seq <= last:
             self.stats.duplicates += 1
             return
-        if env.seq > self.last_seq + 1 and now - self._last_resync_at >= self.resync_interval:
+        if env.seq > last + 1 and now - self._last_resync_at >= self.resync_interval:
             # A hole: ask for a fresh replay; what the publisher still caches fills it.
             self._last_resync_at = now
             self.stats.resyncs += 1
@@ -152,17 +170,26 @@ class Feed:
         return []
 
     def on_replay_end(self, token: str, end: ReplayEnd, now: float) -> list[Item]:
-        """The marker closing a replay burst: merge what was replayed with what was held."""
+        """The marker closing one rank's replay burst; once every rank heard in this sync has
+        closed its burst, merge what was replayed with what was held."""
         if token != self.token or not self.syncing:
             return []
         self.stats.replays += 1
-        return self._finish(now, end)
+        if end.run_id in self._left:
+            return []
+        self._ends.pop(end.rank, None)
+        self._ends[end.rank] = end  # newest last: the newest end names the run
+        heard = {e.rank for e in (*self._replay, *self._held) if e.run_id == end.run_id}
+        if heard <= self._ends.keys():
+            return self._finish(now)
+        return []  # other ranks' replays are still on their way (or refused: the deadline ends the wait)
 
     def poll(self, now: float) -> list[Item]:
-        """Call periodically: ends a sync the publisher never answered."""
+        """Call periodically: ends a sync some publisher never answered."""
         if self.syncing and self._deadline is not None and now >= self._deadline:
-            self.stats.sync_timeouts += 1
-            return self._finish(now, None)
+            if not self._ends:
+                self.stats.sync_timeouts += 1
+            return self._finish(now)
         return []
 
     @property
@@ -182,74 +209,100 @@ class Feed:
         self._deadline = now + self.sync_timeout
         self._held = []
         self._replay = []
+        self._ends = {}
         if fresh_token:
             self.token = new_token()
 
-    def _finish(self, now: float, end: ReplayEnd | None) -> list[Item]:
-        held, replay = self._held, self._replay
-        self._held, self._replay = [], []
+    def _finish(self, now: float) -> list[Item]:
+        held, replay, ends = self._held, self._replay, self._ends
+        self._held, self._replay, self._ends = [], [], {}
         self.syncing = False
         self._deadline = None
-        if end is not None and end.run_id in self._left:
-            end = None
+        end = next(reversed(ends.values()), None)
         if end is not None:
             target: str | None = end.run_id
         elif held:
-            target = held[-1].run_id
+            target = held[-1].run_id  # the newest arrival decides, never a timestamp
         else:
             target = self.run_id
         if target is None:
             self.syncing = True  # nothing heard yet: keep waiting for the first message
             return []
-        candidates = [e for e in replay if e.run_id == target] + [e for e in held if e.run_id == target]
-        self.stats.stale += len(replay) + len(held) - len(candidates)
-        self.stats.replayed += sum(1 for e in replay if e.run_id == target)
-        candidates.sort(key=lambda e: e.seq)
+        replayed = [e for e in replay if e.run_id == target]
+        live = [e for e in held if e.run_id == target]
+        self.stats.stale += len(replay) + len(held) - len(replayed) - len(live)
+        self.stats.replayed += len(replayed)
         if target != self.run_id:
             if self.run_id is not None:
                 self._left.append(self.run_id)
             self.run_id = target
-            self.last_seq = None
+            self.last_seqs = {}
 
+        by_rank: dict[int, list[Entry]] = {}
+        for env in replayed + live:
+            by_rank.setdefault(env.rank, []).append(env)
+        ends_seq = {r: e.last_seq for r, e in ends.items() if e.run_id == target}
         out: list[Item] = []
-        seen: set[int] = set()
+        streams: list[list[Entry]] = []
+        for rank in sorted(by_rank.keys() | ends_seq.keys()):
+            streams.append(self._merge_rank(out, rank, by_rank.get(rank, []), live, ends_seq.get(rank), now))
+        # Ranks interleave by send time for display only; each rank's own order is its seq.
+        for env in heapq.merge(*streams, key=_ts) if len(streams) > 1 else (streams[0] if streams else ()):
+            self._emit(out, env)
+        return out
+
+    def _merge_rank(
+        self,
+        out: list[Item],
+        rank: int,
+        entries: list[Entry],
+        live: list[Entry],
+        end_seq: int | None,
+        now: float,
+    ) -> list[Entry]:
+        """One rank's entries in seq order, duplicates dropped; its gaps go straight to ``out``."""
+        entries.sort(key=attrgetter("seq"))
         unique: list[Entry] = []
-        for env in candidates:
+        seen: set[int] = set()
+        for env in entries:
             if env.seq in seen:
                 self.stats.duplicates += 1
                 continue
             seen.add(env.seq)
             unique.append(env)
-
-        if self.last_seq is None:
-            # Joining a run: what was sent before our live subscription took effect is history,
+        last = self.last_seqs.get(rank)
+        ordered: list[Entry] = []
+        if last is None:
+            # Joining a rank: what was sent before our live subscription took effect is history,
             # delivered without gap accounting; from the first live message on, every seq counts.
-            first_live = min((e.seq for e in held if e.run_id == target), default=None)
-            if end is not None:
-                horizon = end.last_seq if first_live is None else min(end.last_seq, first_live - 1)
+            first_live = min((e.seq for e in live if e.rank == rank), default=None)
+            if end_seq is not None:
+                horizon = end_seq if first_live is None else min(end_seq, first_live - 1)
             else:
                 horizon = unique[0].seq - 1 if unique else -1
-            for env in unique:
-                if env.seq <= horizon:
-                    self._emit(out, env)
-            self.last_seq = horizon
+            ordered = [e for e in unique if e.seq <= horizon]
+            last = horizon
             rest = [e for e in unique if e.seq > horizon]
         else:
-            rest = [e for e in unique if e.seq > self.last_seq]
+            rest = [e for e in unique if e.seq > last]
             self.stats.duplicates += len(unique) - len(rest)
         for env in rest:
-            self._deliver_in_order(out, env, now)
-        if end is not None and end.last_seq > self.last_seq:
+            if env.seq > last + 1:
+                self._record_gap(out, rank, last + 1, env.seq - 1, now)
+            last = env.seq
+            ordered.append(env)
+        if end_seq is not None and end_seq > last:
             # Sent before the replay yet neither cached nor received: lost for good.
-            self._record_gap(out, self.last_seq + 1, end.last_seq, now)
-            self.last_seq = end.last_seq
-        return out
+            self._record_gap(out, rank, last + 1, end_seq, now)
+            last = end_seq
+        self.last_seqs[rank] = last
+        return ordered
 
     def _deliver_in_order(self, out: list[Item], env: Entry, now: float) -> None:
-        assert self.last_seq is not None
-        if env.seq > self.last_seq + 1:
-            self._record_gap(out, self.last_seq + 1, env.seq - 1, now)
-        self.last_seq = env.seq
+        last = self.last_seqs.get(env.rank, -1)
+        if env.seq > last + 1:
+            self._record_gap(out, env.rank, last + 1, env.seq - 1, now)
+        self.last_seqs[env.rank] = env.seq
         self._emit(out, env)
 
     def _emit(self, out: list[Item], env: Entry) -> None:
@@ -259,9 +312,9 @@ class Feed:
             self.stats.delivered += 1
             out.append(env)
 
-    def _record_gap(self, out: list[Item], first: int, last: int, now: float) -> None:
+    def _record_gap(self, out: list[Item], rank: int, first: int, last: int, now: float) -> None:
         assert self.run_id is not None
-        gap = Gap(self.run_id, first, last, now)
+        gap = Gap(self.run_id, first, last, now, rank)
         self.stats.gaps += 1
         self.stats.missed += gap.count
         out.append(gap)

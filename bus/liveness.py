@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bus.state import Snapshot
+from bus.state import DeliveryState, Snapshot
 
 SLOW_AFTER_PERIODS = 2.5
 """Silent for more than this many heartbeat periods: SLOW (a heartbeat or two late)."""
@@ -46,7 +46,9 @@ def update_cycle_s(state: Snapshot) -> float:
     """
     update_s = _median(list(state.tamiyo.history["update_time_ms"])[-CYCLE_UPDATES:]) / 1000.0
     started = state.run.started
-    fps = _median([f for f in list(state.rollout.fps_history)[-CYCLE_UPDATES:] if f > 0])
+    # With several ranks the combined fps is their sum; a rank's rollout runs at its own.
+    rollout = state.ranks[state.lead_rank].rollout if len(state.ranks) > 1 else state.rollout
+    fps = _median([f for f in list(rollout.fps_history)[-CYCLE_UPDATES:] if f > 0])
     rollout_s = started.n_envs * started.rollout_steps / fps if started is not None and fps > 0 else 0.0
     return update_s + rollout_s
 
@@ -62,11 +64,30 @@ def stuck_bound_s(state: Snapshot) -> float:
 
 def progress_age_s(state: Snapshot, now: float) -> float | None:
     """Seconds since the training loop last progressed: the newest heartbeat's figure plus the time
-    since that heartbeat arrived. None outside ``TRAINING_PHASES`` or when the producer does not report it."""
-    hb = state.delivery.heartbeat
-    if hb is None or hb.progress_age_s is None or hb.phase not in TRAINING_PHASES or state.run.finished:
+    since that heartbeat arrived. None outside ``TRAINING_PHASES`` or when the producer does not report it.
+
+    With several ranks: the oldest progress among the ranks still sending heartbeats (not finished,
+    not STALE), so one stuck rank makes the run STUCK (``bus.ranks`` names it)."""
+    if state.run.finished:
         return None
-    return hb.progress_age_s + max(0.0, now - state.delivery.last_heartbeat_at)
+    if len(state.ranks) <= 1:
+        return _progress_age(state.delivery, now)
+    ages = [
+        age
+        for rs in state.ranks.values()
+        if rs.finish is None
+        and now - max(rs.delivery.last_heartbeat_at, rs.delivery.last_event_at)
+        <= STALE_AFTER_PERIODS * rs.delivery.heartbeat_period_s
+        and (age := _progress_age(rs.delivery, now)) is not None
+    ]
+    return max(ages, default=None)
+
+
+def _progress_age(d: DeliveryState, now: float) -> float | None:
+    hb = d.heartbeat
+    if hb is None or hb.progress_age_s is None or hb.phase not in TRAINING_PHASES:
+        return None
+    return hb.progress_age_s + max(0.0, now - d.last_heartbeat_at)
 
 
 def stuck(state: Snapshot, now: float) -> bool:

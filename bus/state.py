@@ -1,7 +1,13 @@
-"""The folded view of one run that every consumer holds: the contract's own events plus counters; no torch."""
+"""The folded view of one run that every consumer holds: the contract's own events plus counters; no torch.
+
+A run of several processes (torch.distributed) is held per rank in ``Snapshot.ranks``; the
+rest of the ``Snapshot`` is the combined view (docs/metrics.md, "Ranks"), which for a
+single-process run is exactly its one rank.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -12,11 +18,21 @@ import msgspec
 from bus.catalogue import Field, fields, history_fields, step_fields
 from bus.contract import BatchCompleted, Heartbeat, PPOUpdate, TrainingFinished, TrainingStarted
 from bus.derived import memory_usage_percent
+from bus.straggler import StragglerScore
 
 HISTORY_LEN = 256
 """Samples kept per sparkline history; bounded so a consumer's memory is flat for days."""
 
 GAP_RANGES_KEPT = 32
+
+RUNS_LEFT_KEPT = 16
+"""Replaced runs remembered, so that their stragglers are dropped rather than taken as a new run."""
+
+DEFAULT_HEARTBEAT_PERIOD_S = 1.0
+"""The heartbeat period assumed before the first heartbeat, and for one whose ``period_s`` is absurd."""
+
+HEARTBEAT_PERIOD_RANGE_S = (0.01, 60.0)
+"""A ``period_s`` outside this range, or not finite, is absurd: liveness uses the default instead."""
 
 PPO_HISTORY_FIELDS: tuple[str, ...] = history_fields(PPOUpdate)
 """The ppo_update fields the contract marks for a history (``history=True``)."""
@@ -254,19 +270,23 @@ class DeliveryState:
     missed: int = 0
     gap_ranges: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=GAP_RANGES_KEPT))
     duplicates: int = 0
+    stale: int = 0
+    """Messages of a run this consumer has left for a newer one, dropped."""
     last_event_at: float = 0.0
     last_heartbeat_at: float = 0.0
     heartbeat: Heartbeat | None = None
     producer_phase: str = ""
     """The newest heartbeat's phase, or ``finished`` once training_finished has arrived."""
 
-    @property
-    def heartbeat_period_s(self) -> float:
-        return self.heartbeat.period_s if self.heartbeat is not None else 1.0
+    producer_dropped: int = 0
+    """Events the producer dropped (the newest heartbeat's ``dropped``; summed over ranks when combined)."""
 
     @property
-    def producer_dropped(self) -> int:
-        return self.heartbeat.dropped if self.heartbeat is not None else 0
+    def heartbeat_period_s(self) -> float:
+        """The newest heartbeat's period; ``DEFAULT_HEARTBEAT_PERIOD_S`` before one, or when it is absurd."""
+        period = self.heartbeat.period_s if self.heartbeat is not None else DEFAULT_HEARTBEAT_PERIOD_S
+        low, high = HEARTBEAT_PERIOD_RANGE_S
+        return period if math.isfinite(period) and low <= period <= high else DEFAULT_HEARTBEAT_PERIOD_S
 
     @property
     def producer_uptime_s(self) -> float:
@@ -274,11 +294,41 @@ class DeliveryState:
 
 
 @dataclass
+class RankState:
+    """One rank's own view: its policy numbers, rollouts, delivery, finish and straggler score."""
+
+    rank: int
+    tamiyo: TamiyoState = field(default_factory=TamiyoState)
+    rollout: RolloutState = field(default_factory=RolloutState)
+    delivery: DeliveryState = field(default_factory=DeliveryState)
+    finish: TrainingFinished | None = None
+    straggler: StragglerScore = field(default_factory=StragglerScore)
+
+
+@dataclass
 class Snapshot:
-    """Everything a consumer draws, archives or alerts on, for the current run."""
+    """Everything a consumer draws, archives or alerts on, for the current run.
+
+    ``ranks`` holds every rank heard from; ``tamiyo``, ``rollout``, ``delivery`` and ``run`` are
+    the combined view: the policy as the lowest rank sees it, rollouts and counters summed.
+    """
 
     run: RunInfo = field(default_factory=RunInfo)
     tamiyo: TamiyoState = field(default_factory=TamiyoState)
     rollout: RolloutState = field(default_factory=RolloutState)
     delivery: DeliveryState = field(default_factory=DeliveryState)
     runs_seen: int = 0
+    ranks: dict[int, RankState] = field(default_factory=dict)
+    left_runs: deque[str] = field(default_factory=lambda: deque(maxlen=RUNS_LEFT_KEPT))
+    """The runs replaced by a newer one, newest last: their stragglers are dropped (``delivery.stale``)."""
+
+    @property
+    def lead_rank(self) -> int:
+        """The lowest rank heard from (rank 0 of a torchrun job); 0 before any."""
+        return min(self.ranks, default=0)
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the job: training_started's ``world_size``, or the ranks heard from if more."""
+        declared = self.run.started.world_size if self.run.started is not None else 1
+        return max(declared, len(self.ranks))

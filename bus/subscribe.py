@@ -249,7 +249,7 @@ class Subscriber:
             if exc.kind != "unknown_event" or exc.seq is None or exc.run_id is None:
                 return
             # A newer producer's event type: it holds a seq, so it must not look like a gap.
-            skipped = Skipped(exc.run_id, exc.seq, exc.ts or 0.0, exc.detail)
+            skipped = Skipped(exc.run_id, exc.seq, exc.ts or 0.0, exc.detail, exc.rank)
             if token is None:
                 self.feed.push_live(out, skipped, now)
             else:

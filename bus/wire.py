@@ -28,7 +28,7 @@ this consumer does not know / a schema newer than this consumer / over MAX_MESSA
 class WireError(ValueError):
     """A message that is not a valid envelope of this contract; ``kind`` says why.
 
-    For ``unknown_event`` the envelope header was readable: ``run_id``, ``seq`` and ``ts``
+    For ``unknown_event`` the envelope header was readable: ``run_id``, ``seq``, ``ts`` and ``rank``
     say which message was skipped, so a consumer can count it as skipped rather than missing.
     """
 
@@ -40,6 +40,7 @@ class WireError(ValueError):
         run_id: str | None = None,
         seq: int | None = None,
         ts: float | None = None,
+        rank: int = 0,
     ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
@@ -47,6 +48,7 @@ class WireError(ValueError):
         self.run_id = run_id
         self.seq = seq
         self.ts = ts
+        self.rank = rank
 
 
 class _Probe(msgspec.Struct):
@@ -62,6 +64,7 @@ class _Header(msgspec.Struct):
     run_id: str
     seq: Annotated[int, msgspec.Meta(ge=0)]
     ts: Annotated[float, msgspec.Meta(ge=0)]
+    rank: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 _DECODE_ERRORS = (msgspec.DecodeError, RecursionError, ValueError, OverflowError)
@@ -134,7 +137,9 @@ def _classify(body: bytes | memoryview, exc: Exception) -> WireError:
                 header = _header_decoder.decode(body)
             except _DECODE_ERRORS:
                 return WireError("unknown_event", name)
-            return WireError("unknown_event", name, run_id=header.run_id, seq=header.seq, ts=header.ts)
+            return WireError(
+                "unknown_event", name, run_id=header.run_id, seq=header.seq, ts=header.ts, rank=header.rank
+            )
     return WireError("invalid", str(exc))
 
 

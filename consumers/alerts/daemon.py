@@ -31,10 +31,15 @@ class AlertDaemon:
         self._run_id = ""
 
     def handle(self, items: list[Item], now: float) -> None:
-        newest = max((item.ts for item in items if isinstance(item, Envelope)), default=0.0)
+        # Each rank's own clock says what is history: ranks on other hosts may disagree by far more.
+        newest: dict[tuple[str, int], float] = {}
+        for item in items:
+            if isinstance(item, Envelope):
+                key = (item.run_id, item.rank)
+                newest[key] = max(newest.get(key, 0.0), item.ts)
         for item in items:
             state = self.aggregator.apply(item, now)
-            quiet = isinstance(item, Envelope) and item.ts < newest - HISTORY_S
+            quiet = isinstance(item, Envelope) and item.ts < newest[(item.run_id, item.rank)] - HISTORY_S
             self._emit(self.engine.evaluate(state, now, quiet=quiet))
         state = self.aggregator.state
         if state.run.run_id != self._run_id:

@@ -13,6 +13,11 @@ reading from the first breaching one until one that is at least N updates later,
 a reading of a metric measured every ``diagnostics_every`` updates (gradient_cv, CUDA
 memory) stands for that many updates. Carried copies of one measurement are evaluated
 once. ``for_seconds`` uses the consumer's clock.
+
+A rule with ``by_rank = true`` runs this state machine once per rank, on that rank's own
+state (``bus.ranks.rank_view``): each rank fires and resolves on its own, and its
+notifications carry its ``rank``. It stays quiet while the run has a single rank, whose
+numbers are the combined view the other rules watch (no duplicate alerts).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.ranks import rank_view
 from bus.state import Snapshot
 from consumers.alerts.metrics import METRICS, Reading
 from consumers.alerts.rules import Rule
@@ -54,6 +60,8 @@ class Notification:
     active_since: float | None
     at: float
     reason: str = ""
+    rank: int | None = None
+    """The rank of a ``by_rank`` rule's alert; None for one on the combined view."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -101,16 +109,25 @@ class AlertEngine:
         self.run_id = ""
         self.update = 0
         self._states = {rule.name: self._fresh(rule) for rule in rules}
+        self._rank_states: dict[tuple[str, int], _RuleState] = {}
+        self._views: dict[int, Snapshot] = {}
 
     @staticmethod
     def _fresh(rule: Rule) -> _RuleState:
         return _RuleState(window=_Window(rule.increase_over_s) if rule.increase_over_s else None)
 
     def firing(self) -> list[str]:
-        return [name for name, st in self._states.items() if st.status == FIRING]
+        """Rules firing on the combined view, then ``name@rank`` for each rank a by_rank rule fires for."""
+        combined = [name for name, st in self._states.items() if st.status == FIRING]
+        return combined + [
+            f"{name}@{rank}" for (name, rank), st in self._rank_states.items() if st.status == FIRING
+        ]
 
-    def status(self, name: str) -> str:
-        return self._states[name].status
+    def status(self, name: str, rank: int | None = None) -> str:
+        if rank is None:
+            return self._states[name].status
+        st = self._rank_states.get((name, rank))
+        return st.status if st is not None else INACTIVE
 
     def evaluate(self, state: Snapshot, now: float, *, quiet: bool = False) -> list[Notification]:
         """Advance every rule to ``state`` at ``now`` (monotonic s).
@@ -123,19 +140,45 @@ class AlertEngine:
             out.extend(self._new_run(state.run.run_id))
         self.update = state.tamiyo.update
         for rule in self.rules:
-            st = self._states[rule.name]
-            reading = METRICS[rule.metric].read(state, now)
-            if reading is not None:
-                self._step(rule, st, reading, state, now)
-            if quiet:
-                continue
-            if st.status == FIRING and not st.notified:
-                st.notified = True
-                out.append(self._note(rule, st, FIRING))
-            elif st.status != FIRING and st.notified:
-                st.notified = False
-                out.append(self._note(rule, st, RESOLVED))
+            if rule.by_rank:
+                if len(state.ranks) < 2:
+                    continue  # one rank is the combined view: the rules without by_rank say it all
+                for rank in state.ranks:
+                    st = self._rank_states.get((rule.name, rank))
+                    if st is None:
+                        st = self._rank_states[(rule.name, rank)] = self._fresh(rule)
+                    self._advance(rule, st, self._view(state, rank), now, quiet, out, rank)
+            else:
+                self._advance(rule, self._states[rule.name], state, now, quiet, out, None)
         return out
+
+    def _view(self, state: Snapshot, rank: int) -> Snapshot:
+        view = self._views.get(rank)
+        if view is None or view.ranks.get(rank) is not state.ranks[rank] or view.run is not state.run:
+            view = self._views[rank] = rank_view(state, rank)
+        return view
+
+    def _advance(
+        self,
+        rule: Rule,
+        st: _RuleState,
+        state: Snapshot,
+        now: float,
+        quiet: bool,
+        out: list[Notification],
+        rank: int | None,
+    ) -> None:
+        reading = METRICS[rule.metric].read(state, now)
+        if reading is not None:
+            self._step(rule, st, reading, state, now)
+        if quiet:
+            return
+        if st.status == FIRING and not st.notified:
+            st.notified = True
+            out.append(self._note(rule, st, FIRING, rank=rank))
+        elif st.status != FIRING and st.notified:
+            st.notified = False
+            out.append(self._note(rule, st, RESOLVED, rank=rank))
 
     def _new_run(self, run_id: str) -> list[Notification]:
         out = []
@@ -144,6 +187,12 @@ class AlertEngine:
             if st.notified:
                 out.append(self._note(rule, st, RESOLVED, reason="new run"))
             self._states[rule.name] = self._fresh(rule)
+        by_name = {rule.name: rule for rule in self.rules}
+        for (name, rank), st in sorted(self._rank_states.items()):
+            if st.notified:
+                out.append(self._note(by_name[name], st, RESOLVED, reason="new run", rank=rank))
+        self._rank_states.clear()
+        self._views.clear()
         self.run_id = run_id
         return out
 
@@ -190,7 +239,9 @@ class AlertEngine:
             return now - (st.active_since or now) >= rule.for_seconds
         return True
 
-    def _note(self, rule: Rule, st: _RuleState, status: str, reason: str = "") -> Notification:
+    def _note(
+        self, rule: Rule, st: _RuleState, status: str, reason: str = "", rank: int | None = None
+    ) -> Notification:
         fields = {
             "rule": rule.name,
             "metric": rule.metric,
@@ -203,6 +254,7 @@ class AlertEngine:
             "step": st.step,
             "severity": rule.severity,
             "for": rule.describe_for(),
+            "rank": rank,
         }
         return Notification(
             status=status,
@@ -221,4 +273,5 @@ class AlertEngine:
             active_since=st.active_since_wall,
             at=self.wall_clock(),
             reason=reason or ("condition cleared" if status == RESOLVED else ""),
+            rank=rank,
         )

@@ -7,6 +7,9 @@ A reading carries a ``key``: the rule engine evaluates a rule only when its metr
 changes (a new ppo_update, a new throttled measurement), so a value carried over from an
 earlier update is never counted twice. ``key=None`` means "evaluate on every tick"
 (time-based and counter metrics). ``step`` is the update that measured the value.
+
+A rule with ``by_rank = true`` reads each rank's own state (``bus.ranks.rank_view``); otherwise
+it reads the combined view, where ``straggler_score`` and ``progress_age_s`` are the worst rank's.
 """
 
 from __future__ import annotations
@@ -184,6 +187,15 @@ def _delivery_counter(attr: str) -> Callable[[Snapshot, float], Reading | None]:
     return read
 
 
+def _straggler_score(s: Snapshot, now: float) -> Reading | None:
+    scored = [rs for rs in s.ranks.values() if rs.straggler.samples]
+    if not scored:
+        return None
+    worst = max(scored, key=lambda rs: rs.straggler.score)
+    # A new score at any rank is a new reading; its step is that rank's update.
+    return Reading(worst.straggler.score, worst.tamiyo.update, sum(rs.straggler.samples for rs in scored))
+
+
 def _build() -> dict[str, Metric]:
     fields = catalogue.metric_fields(PPOUpdate)
     metrics = [_field_metric(f) for f in fields if f.name not in CUMULATIVE]
@@ -270,6 +282,13 @@ def _build() -> dict[str, Metric]:
             _delivery_counter("missed"),
         ),
         Metric("gaps", COUNTER, "seq gaps seen by this consumer, this run", _delivery_counter("gaps")),
+        Metric(
+            "straggler_score",
+            UPDATE,
+            "EWMA of compute_time_ms / the other ranks' median (bus/straggler.py); "
+            "the worst rank's unless by_rank",
+            _straggler_score,
+        ),
         Metric(
             "producer_dropped",
             COUNTER,

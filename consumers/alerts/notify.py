@@ -40,7 +40,8 @@ def format_line(n: Notification) -> str:
 def _line(n: Notification) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(n.at))
     value = "n/a" if n.value is None else f"{n.value:.4g}"
-    line = f"{stamp} {n.status.upper():8} {n.rule} [{n.severity}] run {n.run_id} update {n.update}: "
+    where = "" if n.rank is None else f" rank {n.rank}"
+    line = f"{stamp} {n.status.upper():8} {n.rule} [{n.severity}] run {n.run_id}{where} update {n.update}: "
     if n.status == FIRING:
         line += f"{n.metric}={value} ({n.expression})"
         return f"{line} - {n.summary}" if n.summary else line
@@ -169,6 +170,7 @@ class ExecHook:
             TAMIYO_ALERT_RULE=n.rule,
             TAMIYO_ALERT_SEVERITY=n.severity,
             TAMIYO_ALERT_RUN_ID=n.run_id,
+            TAMIYO_ALERT_RANK="" if n.rank is None else str(n.rank),
         )
         payload = (format_json(n) + "\n").encode()
         self.last_output = Tail(self.keep)

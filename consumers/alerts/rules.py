@@ -44,6 +44,7 @@ TEMPLATE_FIELDS: dict[str, tuple[object, ...]] = {
     "step": (1,),
     "severity": ("warning",),
     "for": ("",),
+    "rank": (0,),
 }
 """What a ``summary`` may name, with sample values of each field's type to try its format spec on."""
 
@@ -97,6 +98,8 @@ class Rule(Struct, frozen=True, forbid_unknown_fields=True):
     increase_over_s: Seconds = 0.0
     severity: Severity = "warning"
     summary: Summary = ""
+    by_rank: bool = False
+    """Evaluate for each rank on its own (one alert per rank); default: the combined view."""
 
     def __post_init__(self) -> None:
         if self.clear is None:
@@ -119,7 +122,9 @@ class Rule(Struct, frozen=True, forbid_unknown_fields=True):
             raise RuleError(
                 "increase_over_s", f"'increase_over_s' applies to counter metrics only, not {self.metric!r}"
             )
-        problem = _template_problem(self.summary, step_may_be_none=kind in (TIME, COUNTER))
+        problem = _template_problem(
+            self.summary, step_may_be_none=kind in (TIME, COUNTER), rank_may_be_none=not self.by_rank
+        )
         if problem:
             raise RuleError("summary", f"'summary': {problem}")
 
@@ -169,7 +174,7 @@ class RuleFile(Struct, forbid_unknown_fields=True):
     rule: Annotated[list[Rule], Meta(min_length=1)]
 
 
-def _template_problem(template: str, *, step_may_be_none: bool) -> str | None:
+def _template_problem(template: str, *, step_may_be_none: bool, rank_may_be_none: bool) -> str | None:
     """Why ``template`` is not only ``{field}`` and ``{field:format}`` of TEMPLATE_FIELDS, or None."""
     available = " ".join("{" + k + "}" for k in TEMPLATE_FIELDS)
     try:
@@ -189,12 +194,14 @@ def _template_problem(template: str, *, step_may_be_none: bool) -> str | None:
             return f"{{{name}:{spec}}}: nested placeholders are not allowed in a format spec"
         if any(int(n) > MAX_FORMAT_NUMBER for n in re.findall(r"\d+", spec)):
             return f"{{{name}:{spec}}}: width and precision may be at most {MAX_FORMAT_NUMBER}"
-        samples = TEMPLATE_FIELDS[name] + ((None,) if name == "step" and step_may_be_none else ())
+        none_too = (name == "step" and step_may_be_none) or (name == "rank" and rank_may_be_none)
+        samples = TEMPLATE_FIELDS[name] + ((None,) if none_too else ())
         for sample in samples:
             try:
                 format(sample, spec)
             except (ValueError, TypeError) as exc:
-                what = "None (this metric has no step)" if sample is None else f"a {type(sample).__name__}"
+                why = "this metric has no step" if name == "step" else "a rule without by_rank has no rank"
+                what = f"None ({why})" if sample is None else f"a {type(sample).__name__}"
                 return f"{{{name}:{spec}}} cannot format {what}: {exc}"
     return None
 

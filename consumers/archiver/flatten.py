@@ -1,6 +1,6 @@
 """One event as one flat CSV row: column names and values, with per-head maps spread into columns.
 
-Naming rule (docs/archiver.md): every row starts with ``seq`` and ``ts``; then the event's
+Naming rule (docs/archiver.md): every row starts with ``seq``, ``ts`` and ``rank``; then the event's
 fields in contract order (``bus.catalogue``). A map field is spread into one column per key, in the map's
 order: ``head_<key>_<rest>`` for a field named ``head_<rest>`` (``head_entropy['op']`` →
 ``head_op_entropy``, ``head_grad_norm['op']`` → ``head_op_grad_norm``), ``<field>_<key>``
@@ -20,7 +20,10 @@ from bus.catalogue import fields
 
 Columns = tuple[str, ...]
 
-LEADING: Columns = ("seq", "ts")
+LEADING: Columns = ("seq", "ts", "rank")
+"""The envelope's columns; ``seq`` is unique per rank, so a row's key is (rank, seq)."""
+
+RANK_COLUMN = LEADING.index("rank")
 
 _PLAIN, _MAP, _TEXT, _OTHER = range(4)
 
@@ -80,9 +83,9 @@ class _Layout:
                 for k, start, stop in self.segments
             )
 
-    def _numeric_row(self, seq: int, ts: float, values: tuple[Any, ...]) -> list[Any]:
+    def _numeric_row(self, seq: int, ts: float, rank: int, values: tuple[Any, ...]) -> list[Any]:
         """``row`` for a layout of numbers and maps of numbers: no per-value conversion at all."""
-        row: list[Any] = [seq, ts]
+        row: list[Any] = [seq, ts, rank]
         for is_map, where in self._parts:
             row += values[where].values() if is_map else values[where]  # type: ignore[index]
         return row
@@ -137,8 +140,8 @@ class _Layout:
                 out.append(name)
         return tuple(out)
 
-    def row(self, seq: int, ts: float, values: tuple[Any, ...]) -> list[Any]:
-        row: list[Any] = [seq, ts]
+    def row(self, seq: int, ts: float, rank: int, values: tuple[Any, ...]) -> list[Any]:
+        row: list[Any] = [seq, ts, rank]
         extend = row.extend
         for kind, start, stop in self.segments:
             if kind == _PLAIN:
@@ -165,14 +168,16 @@ def _layout(kind: type) -> _Layout:
     return layout
 
 
-def flatten(seq: int, ts: float, event: msgspec.Struct) -> tuple[Columns, list[Any], bool]:
+def flatten(seq: int, ts: float, event: msgspec.Struct, rank: int = 0) -> tuple[Columns, list[Any], bool]:
     """The row's column names, its values in the same order, and whether every value is a number or None."""
     layout = _layout(type(event))
     values = _astuple(event)
-    return layout.columns(values), layout.row(seq, ts, values), layout.numeric
+    return layout.columns(values), layout.row(seq, ts, rank, values), layout.numeric
 
 
-def encode_row(seq: int, ts: float, event: msgspec.Struct) -> tuple[Columns, bytes | list[Any]]:
+def encode_row(
+    seq: int, ts: float, event: msgspec.Struct, rank: int = 0
+) -> tuple[Columns, bytes | list[Any]]:
     """The row's columns and its CSV line, or its values where the csv module must write them.
 
     A row of numbers only is encoded by msgspec's JSON encoder: its numbers are valid CSV
@@ -182,7 +187,7 @@ def encode_row(seq: int, ts: float, event: msgspec.Struct) -> tuple[Columns, byt
     """
     layout = _layout(type(event))
     values = _astuple(event)
-    row = layout.row(seq, ts, values)
+    row = layout.row(seq, ts, rank, values)
     if layout.numeric:
         line = _numbers.encode(row)
         if b"n" not in line:  # numbers never hold an "n": only null does (one byte is a memchr, 20x faster)

@@ -19,7 +19,7 @@ from consumers.archiver.table import Table, existing_parts
 
 log = logging.getLogger(__name__)
 
-GAP_COLUMNS = ("from", "to", "count", "detected_at", "cause")
+GAP_COLUMNS = ("from", "to", "count", "detected_at", "cause", "rank")
 LOST = "lost"
 """Gap cause: sent while this archiver was connected, never received (bus.feed reported it)."""
 UNSEEN = "unseen"
@@ -65,17 +65,21 @@ class RunArchive:
         self._run_json = self.directory / "run.json"
         self._started_seq = self._read_started_seq()
         self.resumed = self._run_json.exists() or any(self.directory.glob("*.csv"))
-        # Every seq up to here is on disk (or recorded as a gap): the base for spotting holes.
-        self.held_through = -1 if self._started_seq is None else self._started_seq
+        # Per rank, every seq up to here is on disk (or recorded as a gap): the base for spotting holes.
+        self.held: dict[int, int] = {} if self._started_seq is None else {0: self._started_seq}
         for name in TOPICS:
-            if name != "training_started" and existing_parts(self.directory, name):
-                table = self._table(name)
-                if table.max_seq is not None:
-                    self.held_through = max(self.held_through, table.max_seq)
+            if existing_parts(self.directory, name):
+                for rank, last in self._table(name).max_seqs.items():
+                    self.held[rank] = max(self.held.get(rank, -1), last)
         self._synced_paths: tuple[Path | None, ...] = ()
         self._sinks: dict[type, tuple[str, Table]] = {}
         if self.resumed:
             log.info("resuming %s: rows up to seq %d are on disk", self.directory, self.held_through)
+
+    @property
+    def held_through(self) -> int:
+        """Rank 0's: every seq up to here is on disk or recorded as a gap."""
+        return self.held.get(0, -1)
 
     def _read_started_seq(self) -> int | None:
         try:
@@ -98,8 +102,9 @@ class RunArchive:
         """Archive one envelope of this run; False when it is already on disk."""
         event = env.event
         seq = env.seq
+        rank = env.rank
         kind = type(event)
-        if kind is TrainingStarted:
+        if kind is TrainingStarted and rank == 0:  # the other ranks' are rows of training_started.csv
             if self._started_seq is not None and seq <= self._started_seq:
                 self.stats.duplicates += 1
                 return False
@@ -117,16 +122,15 @@ class RunArchive:
                 name = topic_of(event)
                 sink = self._sinks[kind] = (name, self._table(name))
             name, table = sink
-            max_seq = table.max_seq
-            if max_seq is not None and seq <= max_seq:  # Table.is_new, inline: this runs for every event
+            if seq <= table.max_seqs.get(rank, -1):  # Table.is_new, inline: this runs for every event
                 self.stats.duplicates += 1
                 return False
-            table.append_event(seq, env.ts, event)
-        held = self.held_through
+            table.append_event(seq, env.ts, event, rank)
+        held = self.held.get(rank, -1)
         if seq > held:
             if seq > held + 1:
-                self._record_gap(held + 1, seq - 1, detected_at, UNSEEN)
-            self.held_through = seq
+                self._record_gap(held + 1, seq - 1, detected_at, UNSEEN, rank)
+            self.held[rank] = seq
         stats = self.stats
         rows = stats.rows
         rows[name] = rows.get(name, 0) + 1
@@ -137,14 +141,14 @@ class RunArchive:
 
     def on_gap(self, gap: Gap, detected_at: float) -> None:
         """A range the bus lost while this archiver was connected."""
-        first = max(gap.first, self.held_through + 1)
+        first = max(gap.first, self.held.get(gap.rank, -1) + 1)
         if gap.last >= first:
-            self._record_gap(first, gap.last, detected_at, LOST)
-            self.held_through = gap.last
+            self._record_gap(first, gap.last, detected_at, LOST, gap.rank)
+            self.held[gap.rank] = gap.last
 
-    def _record_gap(self, first: int, last: int, detected_at: float, cause: str) -> None:
+    def _record_gap(self, first: int, last: int, detected_at: float, cause: str, rank: int = 0) -> None:
         count = last - first + 1
-        self._gaps.append(GAP_COLUMNS, (first, last, count, detected_at, cause))
+        self._gaps.append(GAP_COLUMNS, (first, last, count, detected_at, cause, rank))
         if cause == LOST:
             self.stats.gaps += 1
             self.stats.missed += count

@@ -37,6 +37,32 @@ def existing_parts(directory: Path, name: str) -> list[int]:
     return sorted(parts)
 
 
+def _max_seq_per_rank(f: CsvFile) -> dict[int, int]:
+    """The largest seq on disk per rank; a file without a ``rank`` column (an older archiver's) is rank 0's.
+
+    With ranks, the whole file is read: the ranks interleave, so no tail window holds every
+    rank's last row. ``seq`` and ``rank`` come before any text column, so a plain split suffices.
+    """
+    header = f.header or ()
+    if "rank" not in header or "seq" not in header:
+        last = f.last_int(0)
+        return {} if last is None else {0: last}
+    i_seq, i_rank = header.index("seq"), header.index("rank")
+    cut = max(i_seq, i_rank) + 1
+    best: dict[int, int] = {}
+    with open(f.path, "rb") as raw:
+        raw.readline()
+        for line in raw:
+            cells = line.split(b",", cut)
+            try:
+                seq, rank = int(cells[i_seq]), int(cells[i_rank])
+            except (ValueError, IndexError):
+                continue  # a line edited by hand: skipped, as CsvFile.last_int does
+            if seq > best.get(rank, -1):
+                best[rank] = seq
+    return best
+
+
 class Table:
     """Rows of one kind (one event type, or the gap record) across its numbered CSV files."""
 
@@ -45,8 +71,9 @@ class Table:
         self.name = name
         self.fsync = fsync
         self.keyed = keyed
-        self.max_seq: int | None = None
-        """Largest seq on disk or buffered; a keyed table refuses rows at or below it (a restart's replay)."""
+        self.max_seqs: dict[int, int] = {}
+        """Largest seq on disk or buffered, per rank; a keyed table refuses a rank's rows at or below
+        its own (a restart's replay), so a row's key is (rank, seq)."""
         self.repaired_bytes = 0
         self.rolls = 0
         self._lost_closed = 0
@@ -57,9 +84,9 @@ class Table:
             f = CsvFile(part_path(directory, name, part), fsync=fsync)
             self.repaired_bytes += f.repaired_bytes
             if keyed:
-                last = f.last_int(0)
-                if last is not None and (self.max_seq is None or last > self.max_seq):
-                    self.max_seq = last
+                for rank, last in _max_seq_per_rank(f).items():
+                    if last > self.max_seqs.get(rank, -1):
+                        self.max_seqs[rank] = last
             if self._file is not None:
                 self._file.close()
             self._file, self._part = f, part
@@ -81,11 +108,21 @@ class Table:
     def buffered_bytes(self) -> int:
         return self._file.buffered_bytes if self._file is not None else 0
 
-    def is_new(self, seq: int) -> bool:
-        return self.max_seq is None or seq > self.max_seq
+    @property
+    def max_seq(self) -> int | None:
+        """Rank 0's largest seq (a single-process run's only rank); None before any."""
+        return self.max_seqs.get(0)
+
+    def is_new(self, seq: int, rank: int = 0) -> bool:
+        return seq > self.max_seqs.get(rank, -1)
 
     def append(
-        self, columns: tuple[str, ...], row: Sequence[Any], seq: int | None = None, numeric: bool = False
+        self,
+        columns: tuple[str, ...],
+        row: Sequence[Any],
+        seq: int | None = None,
+        numeric: bool = False,
+        rank: int = 0,
     ) -> None:
         """Buffer one row (call ``is_new`` first for keyed tables); ``numeric``: see ``CsvFile.append``."""
         f = self._file
@@ -96,23 +133,23 @@ class Table:
         order = None if columns == f.header else self._reorder(f, columns)
         f.append(row if order is None else [row[i] for i in order], numeric)
         if seq is not None:
-            self.max_seq = seq
+            self.max_seqs[rank] = seq
 
-    def append_event(self, seq: int, ts: float, event: msgspec.Struct) -> None:
-        """Buffer ``event`` as the row of ``seq`` (call ``is_new`` first)."""
-        columns, line = encode_row(seq, ts, event)
+    def append_event(self, seq: int, ts: float, event: msgspec.Struct, rank: int = 0) -> None:
+        """Buffer ``event`` as the row of ``rank``'s ``seq`` (call ``is_new`` first)."""
+        columns, line = encode_row(seq, ts, event, rank)
         f = self._file
         if f is not None and type(line) is bytes:
             header = f.header
             if columns is header or columns == header:
                 f.append_line(line)
-                self.max_seq = seq
+                self.max_seqs[rank] = seq
                 return
         if type(line) is bytes:  # a new file, or the file's columns in another order
-            columns, row, numeric = flatten(seq, ts, event)
-            self.append(columns, row, seq, numeric)
+            columns, row, numeric = flatten(seq, ts, event, rank)
+            self.append(columns, row, seq, numeric, rank)
         else:
-            self.append(columns, line, seq)
+            self.append(columns, line, seq, rank=rank)
 
     def _reorder(self, f: CsvFile, columns: tuple[str, ...]) -> list[int] | None:
         """Indices that put ``columns`` into the file's order, or None when the sets differ."""

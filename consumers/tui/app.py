@@ -29,6 +29,7 @@ from consumers.tui.widgets.help_screen import HelpScreen
 from consumers.tui.widgets.palette import palette_for
 from consumers.tui.widgets.panel import Panel
 from consumers.tui.widgets.ppo_health import PPOHealthPanel
+from consumers.tui.widgets.ranks_panel import RanksPanel
 from consumers.tui.widgets.render import shown
 from consumers.tui.widgets.run_header import RunHeader
 from consumers.tui.widgets.status_banner import StatusBanner
@@ -113,6 +114,7 @@ class TamiyoApp(App[None]):
         with Horizontal(id="main"):
             yield HeadsPanel(id="heads")
             yield PPOHealthPanel(id="ppo")
+        yield RanksPanel(id="ranks")
         with Horizontal(id="details"):
             yield RolloutPanel(id="rollout")
             yield DeliveryPanel(id="delivery")
@@ -123,6 +125,7 @@ class TamiyoApp(App[None]):
         for wid, title in (
             ("heads", "Heads"),
             ("ppo", "PPO health"),
+            ("ranks", "Ranks"),
             ("rollout", "Rollout"),
             ("delivery", "Delivery"),
             ("config", "Config"),

@@ -25,6 +25,8 @@ class View:
     waited_s: float = 0.0
     link: LinkStats = field(default_factory=LinkStats)
     bus_warning: str = ""
+    now: float = 0.0
+    """The consumer's clock at this frame (what received items are stamped with)."""
     progress_age_s: float | None = None
     """Seconds since the training loop last progressed (None: not in a training phase or not reported)."""
     stuck_bound_s: float = 0.0
@@ -54,6 +56,7 @@ def make_view(
         waited_s=max(0.0, now - started_at) if started_at is not None else 0.0,
         link=link or LinkStats(),
         bus_warning=bus_warning,
+        now=now,
         progress_age_s=progress_age_s(snapshot, now),
         stuck_bound_s=stuck_bound_s(snapshot),
     )

@@ -29,8 +29,11 @@ MEASURED = ("gradient_cv", "cuda_memory_fragmentation")
 class Stream:
     """Envelopes of one run with contiguous seqs; ``ts`` advances by ``dt`` per envelope."""
 
-    def __init__(self, run_id: str = "run-1", *, t0: float = T0, dt: float = 0.1, seed: int = 0) -> None:
+    def __init__(
+        self, run_id: str = "run-1", *, t0: float = T0, dt: float = 0.1, seed: int = 0, rank: int = 0
+    ) -> None:
         self.run_id = run_id
+        self.rank = rank
         self.seq = 0
         self.ts = t0
         self.dt = dt
@@ -42,7 +45,7 @@ class Stream:
 
     def env(self, event: Event) -> Envelope:
         self.ts += self.dt
-        env = envelope(self.seq, event, self.run_id, self.ts)
+        env = envelope(self.seq, event, self.run_id, self.ts, self.rank)
         self.seq += 1
         return env
 

@@ -303,4 +303,5 @@ def test_a_rule_is_a_struct_whose_schema_is_the_documented_one() -> None:
         "increase_over_s",
         "severity",
         "summary",
+        "by_rank",
     }

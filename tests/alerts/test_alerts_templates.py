@@ -35,7 +35,7 @@ summary = "{EVERY_FIELD} {{value:.1f}}"
     (note,) = notes
     assert note.summary == (
         "rule=boom metric=exploding_layers value=2.0 fire=0.0 clear=0.0 op=> run_id=run-t "
-        "update=0 step=0 severity=warning for= 2.0"
+        "update=0 step=0 severity=warning for= rank=None 2.0"
     )
 
 

@@ -25,16 +25,16 @@ from consumers.archiver.run import GAP_COLUMNS, RunArchive, run_dirname
 from consumers.archiver.table import Table
 
 
-def test_columns_start_with_seq_and_ts_and_spread_heads_into_named_columns() -> None:
-    columns, row, numeric = flatten(7, 1.5, ppo(3))
+def test_columns_start_with_seq_ts_and_rank_and_spread_heads_into_named_columns() -> None:
+    columns, row, numeric = flatten(7, 1.5, ppo(3), rank=5)
     assert numeric
-    assert columns[:3] == ("seq", "ts", "update")
+    assert columns[:4] == ("seq", "ts", "rank", "update")
     for head in HEADS:
         assert f"head_{head}_entropy" in columns and f"head_{head}_grad_norm" in columns
     assert "head_entropy" not in columns and len(columns) == len(row)
     values = dict(zip(columns, row, strict=True))
     assert values["head_op_entropy"] == 1.0 and values["head_slot_grad_norm"] == pytest.approx(0.2)
-    assert values["seq"] == 7 and values["update"] == 3
+    assert values["seq"] == 7 and values["rank"] == 5 and values["update"] == 3
 
 
 def test_every_row_is_one_line_and_text_round_trips(tmp_path: Path) -> None:

@@ -40,10 +40,10 @@ def training_started(**overrides: Any) -> TrainingStarted:
 
 
 def envelope(
-    seq: int, event: Event | None = None, run_id: str = "run-a", ts: float | None = None
+    seq: int, event: Event | None = None, run_id: str = "run-a", ts: float | None = None, rank: int = 0
 ) -> Envelope:
     """testkit's envelope, of a heartbeat unless ``event`` is given."""
-    return events.envelope(seq, heartbeat() if event is None else event, run_id, ts)
+    return events.envelope(seq, heartbeat() if event is None else event, run_id, ts, rank)
 
 
 def ppo_update(update: int = 1, **overrides: Any) -> PPOUpdate:

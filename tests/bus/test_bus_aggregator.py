@@ -129,7 +129,8 @@ def test_new_run_resets_state_and_old_run_stragglers_are_dropped() -> None:
     assert snap.delivery.gaps == 0 and snap.delivery.last_seq == 0
     assert snap.tamiyo.infrastructure.compile_enabled is False
     snap = agg.apply(envelope(2, ppo_update(update=6), run_id="a", ts=102.0))
-    assert snap.run.run_id == "b" and snap.tamiyo.update == 0 and snap.delivery.duplicates == 1
+    assert snap.run.run_id == "b" and snap.tamiyo.update == 0
+    assert snap.delivery.stale == 1 and snap.delivery.duplicates == 0 and list(snap.left_runs) == ["a"]
     snap = agg.apply(Gap("a", 9, 9, 0.0))
     assert snap.delivery.gaps == 0
 

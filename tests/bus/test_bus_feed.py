@@ -281,3 +281,66 @@ def test_every_seq_is_delivered_once_or_reported_missing(actions: list[tuple]) -
         covered |= span
     assert covered == set(range(min(covered), link.seq)), "nothing lost silently"
     assert link.feed.stats.missed == sum(last - first + 1 for first, last in gaps(link.out))
+
+
+# -- several ranks of one run -------------------------------------------------------------------
+
+
+def test_ranks_interleave_freely_and_the_sync_ends_with_the_last_rank_s_replay_end() -> None:
+    feed = Feed()
+    token = feed.token
+    for s in range(3):
+        feed.on_replay(token, envelope(s, rank=1), 0.0)
+        feed.on_replay(token, envelope(s, rank=0), 0.0)
+    assert feed.on_replay_end(token, replay_end(2, rank=1), 0.0) == []  # rank 0's burst is not closed
+    assert feed.syncing
+    out = feed.on_replay_end(token, replay_end(2, rank=0), 0.0)
+    assert sorted((e.rank, e.seq) for e in out if isinstance(e, Envelope)) == [
+        (r, s) for r in (0, 1) for s in range(3)
+    ]
+    out = []
+    for s in range(3, 6):
+        feed.push_live(out, envelope(s, rank=1), 1.0)
+        feed.push_live(out, envelope(s, rank=0), 1.0)
+    assert [(e.rank, e.seq) for e in out] == [(r, s) for s in range(3, 6) for r in (1, 0)]
+    assert feed.last_seqs == {0: 5, 1: 5} and feed.last_seq == 5 and feed.stats.gaps == 0
+    assert feed.stats.replays == 2 and feed.stats.sync_timeouts == 0
+
+
+def test_a_hole_in_one_rank_is_that_rank_s_gap() -> None:
+    feed = synced(5)
+    feed.push_live([], envelope(0, rank=1), 1.0)  # rank 1 first heard at its seq 0: no gap, no resync
+    assert feed.stats.resyncs == 0 and feed.last_seqs == {0: 5, 1: 0}
+    assert feed.on_live(envelope(4, rank=1), 2.0) == []  # 1..3 missing: a resync
+    assert feed.syncing and feed.stats.resyncs == 1
+    assert feed.on_replay_end(feed.token, replay_end(5), 2.1) == []  # rank 1 was heard: wait for its end
+    out = feed.on_replay_end(feed.token, replay_end(4, rank=1), 2.1)  # its cache no longer holds 1..3
+    assert [(g.rank, g.first, g.last) for g in out if isinstance(g, Gap)] == [(1, 1, 3)]
+    assert seqs(out) == [4] and feed.last_seqs == {0: 5, 1: 4}
+
+
+def test_a_rank_whose_replay_never_comes_is_joined_from_the_live_stream_at_the_deadline() -> None:
+    feed = Feed(sync_timeout=0.5)
+    feed.on_live(envelope(7, rank=1), 0.0)  # rank 1's publisher refused the replay (rate limit)
+    feed.on_replay(feed.token, envelope(0), 0.1)
+    assert feed.on_replay_end(feed.token, replay_end(0), 0.1) == []
+    out = feed.poll(0.5)
+    assert sorted((e.rank, e.seq) for e in out if isinstance(e, Envelope)) == [(0, 0), (1, 7)]
+    assert gaps(out) == [] and feed.stats.sync_timeouts == 0 and feed.last_seqs == {0: 0, 1: 7}
+
+
+def test_a_replay_end_names_its_own_rank() -> None:
+    feed = Feed()
+    for s in range(3):
+        feed.on_replay(feed.token, envelope(s, rank=3), 0.0)
+    out = feed.on_replay_end(feed.token, replay_end(4, rank=3), 0.0)
+    assert seqs(out) == [0, 1, 2] and gaps(out) == [] and feed.last_seqs == {3: 4}
+    assert feed.last_seq is None  # no rank 0 in this run
+
+
+def test_skipped_messages_hold_their_rank_s_place() -> None:
+    feed = synced(2)
+    out = feed.on_live(envelope(0, rank=1), 1.0)
+    feed.push_live(out, Skipped("run-a", 1, 0.0, "newer_event", rank=1), 1.0)
+    feed.push_live(out, envelope(2, rank=1), 1.0)
+    assert [(e.rank, e.seq) for e in out] == [(1, 0), (1, 2)] and feed.stats.gaps == 0

@@ -145,12 +145,19 @@ def training_finished(**overrides: Any) -> TrainingFinished:
     return build(TrainingFinished, {"reason": "done", "updates": 10, "env_steps": 5120}, overrides)
 
 
-def replay_end(last_seq: int, run_id: str = "run-a", count: int = 0) -> ReplayEnd:
-    return ReplayEnd(replay_end=True, run_id=run_id, last_seq=last_seq, count=count)
+def replay_end(last_seq: int, run_id: str = "run-a", count: int = 0, rank: int = 0) -> ReplayEnd:
+    return ReplayEnd(replay_end=True, run_id=run_id, last_seq=last_seq, count=count, rank=rank)
 
 
-def envelope(seq: int, event: Event, run_id: str = "run-a", ts: float | None = None) -> Envelope:
-    """``event`` as message ``seq`` of ``run_id``, sent at ``ts`` (by default T0 + seq)."""
+def envelope(
+    seq: int, event: Event, run_id: str = "run-a", ts: float | None = None, rank: int = 0
+) -> Envelope:
+    """``event`` as message ``seq`` of ``run_id``'s ``rank``, sent at ``ts`` (by default T0 + seq)."""
     return Envelope(
-        schema=SCHEMA_VERSION, run_id=run_id, seq=seq, ts=T0 + seq if ts is None else ts, event=event
+        schema=SCHEMA_VERSION,
+        run_id=run_id,
+        seq=seq,
+        ts=T0 + seq if ts is None else ts,
+        event=event,
+        rank=rank,
     )

@@ -19,14 +19,15 @@ from bus.contract import (
 
 
 class Run:
-    """Hands out envelopes of one run with contiguous seqs and timestamps one second apart."""
+    """Hands out envelopes of one run (of one rank) with contiguous seqs and timestamps one second apart."""
 
-    def __init__(self, run_id: str = "run-a1b2c3d4", seq: int = 0) -> None:
+    def __init__(self, run_id: str = "run-a1b2c3d4", seq: int = 0, rank: int = 0) -> None:
         self.run_id = run_id
         self.seq = seq
+        self.rank = rank
 
     def env(self, event: Event) -> Envelope:
-        env = envelope(self.seq, event, self.run_id)
+        env = envelope(self.seq, event, self.run_id, rank=self.rank)
         self.seq += 1
         return env
 
