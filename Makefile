@@ -10,13 +10,16 @@ TORCH ?= torch==2.13.0
 ENDPOINT ?= $(or $(TAMIYO_ENDPOINT),tcp://127.0.0.1:5555)
 ARGS ?=
 OUT ?= runs
+RUN ?=
+SPEED ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui archive alerts bench test lint clean
+.PHONY: help install train tui archive alerts replay bench test lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  Variables: ARGS=\"...\" (flags for train/tui/archive/alerts), ENDPOINT=$(ENDPOINT), OUT=$(OUT), TORCH=$(TORCH)"
+	@echo "  Variables: ARGS=\"...\" (flags for train/tui/archive/alerts/replay), ENDPOINT=$(ENDPOINT), OUT=$(OUT), TORCH=$(TORCH)"
+	@echo "  RUN=runs/<run_id> (replay, tui), SPEED=$(SPEED) (replay: times the recorded pace, or max)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,14 +34,18 @@ install: $(VENV)/.installed ## Create .venv and install everything (done by the 
 train: $(VENV)/.installed ## Train Tamiyo and publish telemetry on ENDPOINT (flags: ARGS="--updates 500 ...")
 	$(BIN)/python -m producer --endpoint $(ENDPOINT) $(ARGS)
 
-tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port)
-	$(BIN)/python -m consumers.tui --endpoint $(ENDPOINT) $(ARGS)
+tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port), or browse RUN=runs/<id>
+	$(BIN)/python -m consumers.tui $(if $(RUN),--run $(RUN),--endpoint $(ENDPOINT)) $(ARGS)
 
 archive: $(VENV)/.installed ## Record a run to CSV under OUT (default runs/)
 	$(BIN)/python -m consumers.archiver --endpoint $(ENDPOINT) --out $(OUT) $(ARGS)
 
 alerts: $(VENV)/.installed ## Watch a run for trouble and print alerts
 	$(BIN)/python -m consumers.alerts --endpoint $(ENDPOINT) $(ARGS)
+
+replay: $(VENV)/.installed ## Republish an archived run: RUN=runs/<run_id> [SPEED=10|max]
+	@test -n "$(RUN)" || { echo "usage: make replay RUN=runs/<run_id> [SPEED=10|max]"; exit 2; }
+	$(BIN)/python -m consumers.replay $(RUN) --speed $(SPEED) --endpoint $(ENDPOINT) $(ARGS)
 
 bench: $(VENV)/.installed ## Benchmarks: ratios against references in one run; writes bench/results.json
 	$(BIN)/python -m bench $(ARGS)
