@@ -189,9 +189,11 @@ class Archive:
         log.warning("%s", message)
 
     def envelopes(self) -> Iterator[Envelope]:
-        """training_started, then every recorded row of every event type, in seq order."""
-        yield self.started
-        streams = [self._table(name) for name in self._tables()]
+        """Every recorded envelope, training_started included, in seq order.
+
+        The trainer's first heartbeats can come before its training_started (they did live too).
+        """
+        streams = [iter([self.started]), *(self._table(name) for name in self._tables())]
         yield from heapq.merge(*streams, key=lambda env: env.seq)
 
     def read_all(self) -> list[Envelope]:
