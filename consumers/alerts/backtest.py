@@ -10,18 +10,18 @@ notification's ``at`` and ``active_since`` are recorded times too.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from bus.contract import Envelope
-from bus.feed import Gap, Item
+from bus.feed import Gap
 from consumers.alerts.daemon import AlertDaemon
 from consumers.alerts.engine import FIRING, AlertEngine, Notification
 from consumers.alerts.notify import Printer
 from consumers.alerts.rules import SEVERITIES, Rule
-from consumers.archiver.reader import ArchiveError, open_archive
+from consumers.archiver.reader import ArchiveError, open_archive, with_gaps
 
 TICK_S = 0.25
 """As ``python -m consumers.alerts`` ticks."""
@@ -40,16 +40,6 @@ class RunVerdict:
     @property
     def fired(self) -> list[Notification]:
         return [n for n in self.notifications if n.status == FIRING]
-
-
-def with_gaps(envelopes: Iterable[Envelope]) -> Iterator[Item]:
-    """The envelopes, each seq hole announced just before the envelope after it (as ``bus.feed`` does)."""
-    last = -1
-    for env in envelopes:
-        if last >= 0 and env.seq > last + 1:
-            yield Gap(run_id=env.run_id, first=last + 1, last=env.seq - 1, detected_at=env.ts)
-        last = env.seq
-        yield env
 
 
 def backtest(

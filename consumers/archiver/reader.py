@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from bus.contract import (
     Envelope,
     TrainingStarted,
 )
+from bus.feed import Gap, Item
 from consumers.archiver.table import existing_parts, part_path
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,16 @@ def _first_bad(
         except (ValueError, TypeError):
             return i
     return None
+
+
+def with_gaps(envelopes: Iterable[Envelope]) -> Iterator[Item]:
+    """The envelopes, each seq hole announced just before the envelope after it (as ``bus.feed`` does)."""
+    last = -1
+    for env in envelopes:
+        if last >= 0 and env.seq > last + 1:
+            yield Gap(run_id=env.run_id, first=last + 1, last=env.seq - 1, detected_at=env.ts)
+        last = env.seq
+        yield env
 
 
 def open_archive(directory: Path | str) -> Archive:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from archives import envelopes, eventful_run, write_archive
+from testkit.archive import envelopes, eventful_run, write_archive
 from testkit.proc import Proc
 
 from consumers.archiver.flatten import escape_text

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from archives import envelopes, write_archive
+from testkit.archive import envelopes, write_archive
 from testkit.events import T0, batch_completed, heartbeat, ppo_update, training_finished, training_started
 from testkit.net import free_endpoint
 from testkit.proc import AFTER_EXIT_S, Proc

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from archives import envelopes, event_files, eventful_run, gap_ranges, write_archive
+from testkit.archive import envelopes, event_files, eventful_run, gap_ranges, write_archive
 from testkit.net import free_endpoint
 from testkit.proc import AFTER_EXIT_S, RUN_TIMEOUT_S, Proc, real_producer
 from testkit.wait import wait_until

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bus.contract import SCHEMA_VERSION, Envelope, Event
+from consumers.archiver.archiver import Archiver
 from testkit.events import (
     T0,
     batch_completed,
@@ -13,9 +15,6 @@ from testkit.events import (
     training_finished,
     training_started,
 )
-
-from bus.contract import SCHEMA_VERSION, Envelope, Event
-from consumers.archiver.archiver import Archiver
 
 HEADS = {"op": 6, "slot": 4, "blueprint": 13}
 MORE_HEADS = {**HEADS, "tempo": 3}
