@@ -16,13 +16,15 @@ RESULTS = Path(__file__).with_name("results.json")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes: checks the harness only")
-    p.add_argument("--only", default="", help="comma-separated groups: bus,training,consumers")
+    p.add_argument(
+        "--only", default="", help="comma-separated groups (bus,training,consumers) or group/name rows"
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = p.parse_args(argv)
     q = args.quick
     groups = set(args.only.split(",")) if args.only else {"bus", "training", "consumers"}
 
-    from bench import bus_figures, consumer_figures, training_figures
+    from bench import bus_figures, consumer_figures, replay_figures, training_figures
 
     steps: list[tuple[str, str, Callable[[], Figure | list[Figure]]]] = [
         ("bus", "throughput", lambda: bus_figures.throughput(20_000 if q else 200_000)),
@@ -33,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         ("training", "learning", lambda: training_figures.learning(20 if q else 120, seed=1)),
         ("consumers", "tui", lambda: consumer_figures.tui(quick=q)),
         ("consumers", "archiver", lambda: consumer_figures.archiver(20_000 if q else 300_000)),
+        ("consumers", "replay", lambda: replay_figures.replay(20_000 if q else 200_000)),
+        ("consumers", "backtest", lambda: replay_figures.backtest(1000 if q else 10_000)),
     ]
     figures: list[Figure] = []
     t0 = time.monotonic()
     print(f"# make bench on {machine()}", file=sys.stderr)
     try:
         for group, name, run in steps:
-            if group not in groups:
+            if group not in groups and f"{group}/{name}" not in groups:
                 continue
             t = time.monotonic()
             print(f"  {group}/{name} ...", end="", flush=True, file=sys.stderr)

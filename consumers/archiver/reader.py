@@ -122,6 +122,8 @@ class _Plan:
     maps: list[tuple[str, list[tuple[int, str, Callable[[str], Any]]]]]
     envelope: list[tuple[int, str, Callable[[str], Any]]]
     width: int
+    numbers: msgspec.json.Decoder[Any] | None = None
+    """For a header of int and float columns only: decodes a whole line as one typed JSON array."""
 
 
 def _plan(path: Path, kind: type[msgspec.Struct], header: list[str], warn: Callable[[str], None]) -> _Plan:
@@ -161,7 +163,33 @@ def _plan(path: Path, kind: type[msgspec.Struct], header: list[str], warn: Calla
     missing = [f.name for f in fields.values() if f.required and f.name not in held]
     if missing:
         raise ArchiveError(path, 1, f"no column for {', '.join(missing)} (required by this contract)")
-    return _Plan(kind, plain, list(maps.items()), envelope, len(header))
+    plan = _Plan(kind, plain, list(maps.items()), envelope, len(header))
+    types: list[Any] = [object] * len(header)
+    for i, name, _ in plain:
+        types[i] = _json_number(fields[name].type)
+    for i, name, _ in envelope:
+        types[i] = _json_number(envelope_types[name])
+    for name, cells in maps.items():
+        for i, _, _ in cells:
+            types[i] = _json_number(fields[name].type.value_type)  # type: ignore[attr-defined]
+    if object not in types:
+        plan.numbers = msgspec.json.Decoder(tuple.__class_getitem__(tuple(types)))  # type: ignore[arg-type]
+    return plan
+
+
+def _json_number(t: _i.Type) -> Any:
+    """int, float, or either or None: the Python type a JSON decode may give a column; else ``object``."""
+    if isinstance(t, _i.Metadata):
+        t = t.type
+    if isinstance(t, _i.IntType):
+        return int
+    if isinstance(t, _i.FloatType):
+        return float
+    if isinstance(t, _i.UnionType) and len(t.types) == 2 and any(isinstance(u, _i.NoneType) for u in t.types):
+        inner = next(u for u in t.types if not isinstance(u, _i.NoneType))
+        number = _json_number(inner)
+        return object if number is object else number | None
+    return object
 
 
 def _map_key(field_name: str, column: str) -> str | None:
@@ -251,7 +279,19 @@ class Archive:
         plan = _plan(path, kind, header, self._warn)
         width = plan.width
         plain, maps, envelope_cols = plan.plain, plan.maps, plan.envelope
-        for lineno, row in enumerate(csv.reader(lines[1:]), start=2):
+        decoder = plan.numbers
+        for lineno, line in enumerate(lines[1:], start=2):
+            numbers = _numbers(decoder, line) if decoder is not None else None
+            if numbers is not None:  # a line of numbers only: typed in one decode, as the archiver wrote it
+                kwargs = {name: numbers[i] for i, name, _ in plain}
+                for name, cells in maps:
+                    kwargs[name] = {key: numbers[i] for i, key, _ in cells}
+                head = {name: numbers[i] for i, name, _ in envelope_cols}
+                if head["seq"] < 0 or head["ts"] < 0:
+                    raise ArchiveError(path, lineno, f"seq {head['seq']} / ts {head['ts']} out of range")
+                yield Envelope(schema=schema, run_id=run_id, event=kind(**kwargs), **head), lineno
+                continue
+            row = next(csv.reader([line]), [])
             if len(row) != width:
                 raise ArchiveError(path, lineno, f"{len(row)} cells, the header has {width}")
             column = ""
@@ -267,6 +307,25 @@ class Archive:
             if head["seq"] < 0 or not math.isfinite(head["ts"]) or head["ts"] < 0:
                 raise ArchiveError(path, lineno, f"seq {head['seq']} / ts {head['ts']} out of range")
             yield Envelope(schema=schema, run_id=run_id, event=kind(**kwargs), **head), lineno
+
+
+def _numbers(decoder: msgspec.json.Decoder[Any], line: str) -> tuple[Any, ...] | None:
+    """A line of plain numbers as a typed JSON array; None for anything else (the csv path reads it)."""
+    # nan, inf and empty cells are not JSON numbers; a quote means a csv-quoted cell.
+    if (
+        not line
+        or "n" in line
+        or "N" in line
+        or '"' in line
+        or ",," in line
+        or line[0] == ","
+        or line[-1] == ","
+    ):
+        return None
+    try:
+        return decoder.decode(f"[{line}]")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # the csv path says what is wrong with it
 
 
 def _first_bad(
