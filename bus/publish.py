@@ -168,8 +168,9 @@ class BusPublisher:
         """Queue a whole envelope to send as it is: its seq, ts and run_id are kept (a replay).
 
         Its seqs must increase; the next ``publish`` continues after the largest. A ``lossless``
-        publisher waits up to ``timeout`` s (None: for ever) for room in the queue; False when it
-        is still full, closed, or the envelope belongs to another run.
+        publisher waits up to ``timeout`` s (None: for ever) for room in the queue and returns
+        False when there is still none, with nothing dropped (the caller may try again). Otherwise
+        False (and counted) when the queue is full or the publisher closed.
         """
         if envelope.run_id != self.run_id:
             raise ValueError(f"envelope of run {envelope.run_id!r} on the publisher of run {self.run_id!r}")
@@ -177,7 +178,9 @@ class BusPublisher:
         if len(self._queue) >= limit and self.config.lossless and not self._closed:
             with self._room:
                 self._room_wanted = True
-                self._room.wait_for(lambda: len(self._queue) < limit // 2 or self._closed, timeout)
+                room = self._room.wait_for(lambda: len(self._queue) < limit // 2 or self._closed, timeout)
+            if not room:
+                return False
         if self._closed or len(self._queue) >= limit:
             self.stats.dropped_queue_full += 1
             return False

@@ -22,6 +22,14 @@ class Stop(Protocol):
     def wait(self, timeout: float) -> bool: ...
 
 
+class Sink(Protocol):
+    def publish_envelope(self, envelope: Envelope, timeout: float | None = None) -> bool: ...
+
+
+ROOM_WAIT_S = 0.25
+"""How long one wait for queue room lasts before the stop signal is looked at again."""
+
+
 @dataclass
 class ReplayResult:
     """What one replay sent."""
@@ -47,9 +55,17 @@ def wait_for_consumers(publisher: BusPublisher, count: int, timeout: float, stop
     return True
 
 
+def _send(publisher: Sink, env: Envelope, stop: Stop) -> bool:
+    """Hand ``env`` to a lossless publisher, waiting for queue room (a slow consumer) until ``stop``."""
+    while not publisher.publish_envelope(env, timeout=ROOM_WAIT_S):
+        if stop.is_set():
+            return False
+    return True
+
+
 def replay(
     envelopes: Iterable[Envelope],
-    publisher: BusPublisher,
+    publisher: Sink,
     *,
     speed: float | None,
     stop: Stop,
@@ -75,7 +91,7 @@ def replay(
                 break
         if stop.is_set():
             break
-        if not publisher.publish_envelope(env):
+        if not _send(publisher, env, stop):
             result.refused += 1
         tag = env.event.__struct_config__.tag
         counts[tag] = counts.get(tag, 0) + 1

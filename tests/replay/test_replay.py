@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,41 @@ def test_a_late_joiner_gets_the_recorded_seqs_from_the_publishers_replay_cache(t
             sub.close()
     assert [(e.seq, e.ts) for e in got] == [(e.seq, e.ts) for e in items]
     assert pub.last_seq == items[-1].seq
+
+
+def test_a_lossless_publisher_waits_for_a_slow_consumer_instead_of_dropping(tmp_path: Path) -> None:
+    """Queue, send buffer and receive buffer far smaller than the run: every envelope still arrives."""
+    items = open_archive(write_archive(tmp_path, envelopes(eventful_run(updates=1500)))).read_all()
+    config = PublisherConfig(
+        endpoint="tcp://127.0.0.1:0", heartbeat_period_s=0.0, lossless=True, queue_limit=64, sndhwm=16
+    )
+    pub = BusPublisher(items[0].run_id, config).start()
+    sub = Subscriber(SubscriberConfig(endpoint=pub.bound_endpoint, rcvhwm=16))
+    got: list[Envelope] = []
+    try:
+        assert wait_until(lambda: pub.stats.replays >= 1, 20.0, lambda: sub.receive(0.01))
+        sender = threading.Thread(target=lambda: [pub.publish_envelope(e) for e in items])
+        sender.start()
+        assert wait_until(
+            lambda: len(got) >= len(items),
+            60.0,
+            lambda: got.extend(i for i in sub.receive(0.05) if isinstance(i, Envelope)),
+        )
+        sender.join(10)
+    finally:
+        sub.close()
+        pub.close()
+    assert [e.seq for e in got] == [e.seq for e in items]
+    assert pub.stats.dropped == 0 and pub.stats.sent == len(items)
+
+
+def test_publish_envelope_keeps_its_run_and_publish_continues_after_it() -> None:
+    config = PublisherConfig(endpoint="tcp://127.0.0.1:0", heartbeat_period_s=0.0)
+    items = envelopes(eventful_run(updates=2), run_id="run-x", hole=(2, 40))
+    with BusPublisher("run-x", config) as pub:
+        with pytest.raises(ValueError, match="run-y"):
+            pub.publish_envelope(envelopes(eventful_run(updates=1), run_id="run-y")[0])
+        for env in items:
+            pub.publish_envelope(env)
+        pub.publish(items[1].event)
+        assert wait_until(lambda: pub.last_seq == items[-1].seq + 1, 10.0)
