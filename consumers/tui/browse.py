@@ -18,7 +18,7 @@ from bus.catalogue import history_fields
 from bus.contract import BatchCompleted, Envelope, PPOUpdate
 from bus.feed import Item
 from bus.state import PPO_HISTORY_FIELDS, Snapshot
-from consumers.archiver.reader import open_archive, with_gaps
+from consumers.archiver.reader import ArchiveError, open_archive, with_gaps
 from consumers.tui.app import TamiyoApp
 from consumers.tui.widgets.render import fmt
 
@@ -212,7 +212,11 @@ class BrowseApp(TamiyoApp):
 
     def action_reset(self) -> None:
         """Read the archive again (a run still being recorded grows) and show its end."""
-        self.recording = Recording.load(self.run_dir)
+        try:
+            self.recording = Recording.load(self.run_dir)
+        except ArchiveError as exc:  # e.g. the archive was removed or damaged meanwhile: keep what is shown
+            self.notify(str(exc), title="Cannot reload", severity="error")
+            return
         self.aggregator.state = Snapshot()
         self._folded_to = -1
         self.action_last()

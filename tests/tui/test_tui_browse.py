@@ -83,6 +83,18 @@ async def test_stepping_back_gives_the_state_a_fresh_fold_gives(run_dir: Path) -
         assert app.aggregator.state.tamiyo.update == 31
 
 
+@async_test
+async def test_reload_reads_what_was_added_and_survives_a_damaged_archive(run_dir: Path) -> None:
+    app = BrowseApp(run_dir)
+    async with app.run_test(size=(140, 60)) as pilot:
+        (run_dir / "training_finished.csv").unlink()  # as if the run were still being recorded
+        await pilot.press("r")
+        assert app.aggregator.state.tamiyo.update == UPDATES and not app.aggregator.state.run.finished
+        (run_dir / "run.json").unlink()
+        await pilot.press("r")  # an error notice; the run shown stays
+        assert app.aggregator.state.tamiyo.update == UPDATES and app.is_running
+
+
 def test_a_bad_archive_is_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--run", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
