@@ -40,7 +40,6 @@ class ReplayResult:
     finish: TrainingFinished | None = None
     finish_recorded: bool = False
     stopped: bool = False
-    seconds: float = 0.0
     refused: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -115,5 +114,4 @@ def replay(
         result.finish, last = finish, ending
     result.last_seq = last.seq if last is not None else None
     result.sent = sum(counts.values()) - result.refused
-    result.seconds = clock() - start
     return result
