@@ -91,7 +91,7 @@ def replay(
         if stop.is_set():
             break
         if not _send(publisher, env, stop):
-            result.refused += 1
+            break  # stopped while a consumer held the queue full
         tag = env.event.__struct_config__.tag
         counts[tag] = counts.get(tag, 0) + 1
         event = env.event
