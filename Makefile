@@ -14,15 +14,18 @@ WEB ?= 127.0.0.1:8000
 EXPORT ?= 127.0.0.1:9464
 # NPROC=2 (or more): train under torchrun, one DDP rank per process, each publishing to `make bus`.
 NPROC ?= 1
+RUN ?=
+SPEED ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui web export archive alerts bench gpu-check test lint clean
+.PHONY: help install train tui web export archive alerts replay bench gpu-check test lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
-	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/export/archive/alerts), ENDPOINT=$(ENDPOINT),"
+	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/export/archive/alerts/replay), ENDPOINT=$(ENDPOINT),"
 	@echo "             WEB=$(WEB), EXPORT=$(EXPORT), OUT=$(OUT), TORCH=$(TORCH)"
 	@echo "             NPROC=$(NPROC) (train: NPROC>1 runs torchrun, its ranks publish through make bus)"
+	@echo "             RUN=runs/<run_id> (replay, tui), SPEED=$(SPEED) (replay: times the recorded pace, or max)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +44,8 @@ else
 	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m producer $(ARGS)
 endif
 
-tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port)
-	$(BIN)/python -m consumers.tui --endpoint $(ENDPOINT) $(ARGS)
+tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port), or browse RUN=runs/<id>
+	$(BIN)/python -m consumers.tui $(if $(RUN),--run $(RUN),--endpoint $(ENDPOINT)) $(ARGS)
 
 web: $(VENV)/.installed ## The dashboard in a browser at http://WEB (default 127.0.0.1:8000); one per tab
 	$(BIN)/python -m consumers.web --endpoint $(ENDPOINT) --address $(WEB) $(ARGS)
@@ -55,6 +58,10 @@ archive: $(VENV)/.installed ## Record a run to CSV under OUT (default runs/)
 
 alerts: $(VENV)/.installed ## Watch a run for trouble and print alerts
 	$(BIN)/python -m consumers.alerts --endpoint $(ENDPOINT) $(ARGS)
+
+replay: $(VENV)/.installed ## Republish an archived run: RUN=runs/<run_id> [SPEED=10|max]
+	@test -n "$(RUN)" || { echo "usage: make replay RUN=runs/<run_id> [SPEED=10|max]"; exit 2; }
+	$(BIN)/python -m consumers.replay $(RUN) --speed $(SPEED) --endpoint $(ENDPOINT) $(ARGS)
 
 bench: $(VENV)/.installed ## Benchmarks: ratios against references in one run; writes bench/results.json
 	$(BIN)/python -m bench $(ARGS)

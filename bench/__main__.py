@@ -19,15 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated groups: bus,training,consumers (the default), truth (the alert truth table, "
-        "real producer runs with injected faults; only when named)",
+        help="comma-separated groups (bus,training,consumers: the default) or group/name rows; truth (the "
+        "alert truth table, real producer runs with injected faults) runs only when named",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = p.parse_args(argv)
     q = args.quick
     groups = set(args.only.split(",")) if args.only else {"bus", "training", "consumers"}
 
-    from bench import bus_figures, consumer_figures, storm, training_figures, truth
+    from bench import bus_figures, consumer_figures, replay_figures, storm, training_figures, truth
 
     steps: list[tuple[str, str, Callable[[], Figure | list[Figure]]]] = [
         ("bus", "throughput", lambda: bus_figures.throughput(20_000 if q else 200_000)),
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         ("training", "learning", lambda: training_figures.learning(20 if q else 120, seed=1)),
         ("consumers", "tui", lambda: consumer_figures.tui(quick=q)),
         ("consumers", "archiver", lambda: consumer_figures.archiver(20_000 if q else 300_000)),
+        ("consumers", "replay", lambda: replay_figures.replay(20_000 if q else 200_000)),
+        ("consumers", "backtest", lambda: replay_figures.backtest(1000 if q else 10_000)),
         ("truth", "table", lambda: truth.truth_table(quick=q)),
     ]
     figures: list[Figure] = []
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# make bench on {machine()}", file=sys.stderr)
     try:
         for group, name, run in steps:
-            if group not in groups:
+            if group not in groups and f"{group}/{name}" not in groups:
                 continue
             t = time.monotonic()
             print(f"  {group}/{name} ...", end="", flush=True, file=sys.stderr)

@@ -11,6 +11,10 @@ topics and accepted replay topics reach libzmq's subscription table, so no patte
 subscriptions grows it. Replays are admitted by ``bus.replay.ReplayQueue`` (rate-limited
 per peer and in total, bounded, refusals counted in every heartbeat) and sent in slices
 between live sends and heartbeats.
+
+A recorded run is republished through the same path (``consumers.replay``):
+``publish_envelope`` sends an envelope with its own seq, ts and run_id, and a ``lossless``
+publisher waits for its slowest subscriber instead of dropping.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class PublisherConfig:
     connect: bool = False
     """Connect to ``endpoint`` (a forwarder's XSUB frontend, any host) instead of binding it."""
     heartbeat_period_s: float = 1.0
+    """0: send no heartbeats of its own (a replay sends the recorded ones)."""
     queue_limit: int = 10_000
     sndhwm: int = 10_000
     replay_depth: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_REPLAY_DEPTH))
@@ -112,6 +117,9 @@ class PublisherConfig:
     curve_secret_key: bytes | None = None
     curve_public_key: bytes | None = None
     curve_authorized_dir: str | None = None
+    lossless: bool = False
+    """Wait rather than drop: a send waits for room at every subscriber (ZMQ_XPUB_NODROP) and
+    ``publish_envelope`` waits for room in the queue. For a replay, never for training."""
 
 
 _SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # as plain ints: or-ing the enum costs µs per event
@@ -149,6 +157,8 @@ class BusPublisher:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._subscribed = threading.Event()
+        self._room = threading.Condition()
+        self._room_wanted = False
         self._started_at = time.time()
         self._error: BaseException | None = None
         self._closed = False
@@ -194,6 +204,33 @@ class BusPublisher:
         """The training loop made progress (an env step, a minibatch): heartbeats report its age."""
         self._progress_at = time.monotonic()
 
+    def publish_envelope(self, envelope: Envelope, timeout: float | None = None) -> bool:
+        """Queue a whole envelope to send as it is: its seq, ts and run_id are kept (a replay).
+
+        Its seqs must increase; the next ``publish`` continues after the largest. A ``lossless``
+        publisher waits up to ``timeout`` s (None: for ever) for room in the queue and returns
+        False when there is still none, with nothing dropped (the caller may try again). Otherwise
+        False (and counted) when the queue is full or the publisher closed.
+        """
+        if envelope.run_id != self.run_id:
+            raise ValueError(f"envelope of run {envelope.run_id!r} on the publisher of run {self.run_id!r}")
+        limit = self.config.queue_limit
+        if len(self._queue) >= limit and self.config.lossless and not self._closed:
+            with self._room:
+                self._room_wanted = True
+                room = self._room.wait_for(lambda: len(self._queue) < limit // 2 or self._closed, timeout)
+            if not room:
+                return False
+        if self._closed or len(self._queue) >= limit:
+            self.stats.dropped_queue_full += 1
+            return False
+        self._queue.append(envelope)
+        self.stats.published += 1
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.write(self._wake_w, b"\0")
+        return True
+
     @property
     def last_seq(self) -> int:
         """The seq of the newest message handed to the socket (-1 before the first)."""
@@ -208,6 +245,8 @@ class BusPublisher:
         if self._closed:
             return
         self._closed = True
+        with self._room:
+            self._room.notify_all()
         if self._thread.is_alive():
             self._flush_timeout = flush_timeout
             self._stop.set()
@@ -244,6 +283,8 @@ class BusPublisher:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
             sock.setsockopt(zmq.MAXMSGSIZE, 4096)  # inbound: subscriptions only
             sock.setsockopt(zmq.XPUB_MANUAL, 1)
+            if self.config.lossless:
+                sock.setsockopt(zmq.XPUB_NODROP, 1)
             if self.config.curve_secret_key is not None:
                 from bus.security import apply_curve_server
 
@@ -282,6 +323,8 @@ class BusPublisher:
         period = self.config.heartbeat_period_s
         next_beat = time.monotonic()
         last_dropped = 0
+        if period <= 0:
+            next_beat = float("inf")
         while True:
             now = time.monotonic()
             if now >= next_beat:
@@ -311,7 +354,7 @@ class BusPublisher:
             now = time.monotonic()
             listen = now >= read_subs_at
             wait = next_beat - now if listen else min(next_beat, read_subs_at) - now
-            timeout_ms = 0 if busy else max(0, int(wait * 1000) + 1)
+            timeout_ms = 0 if busy else max(0, int(min(wait, 1.0) * 1000) + 1)
             for what, _ in (poller if listen else wake_only).poll(timeout_ms):
                 if what is sock:
                     self._on_subscription(sock)
@@ -327,16 +370,26 @@ class BusPublisher:
     def _drain(self, sock: zmq.Socket) -> None:
         queue = self._queue
         while queue:
-            ts, event = queue.popleft()
-            self._send(sock, ts, event)
+            item = queue.popleft()
+            if type(item) is Envelope:
+                self._emit(sock, item)
+            else:
+                self._send(sock, *item)
+            if self._room_wanted and len(queue) < self.config.queue_limit // 2:
+                with self._room:
+                    self._room_wanted = False
+                    self._room.notify_all()
 
     def _send(self, sock: zmq.Socket, ts: float, event: Event) -> None:
-        seq = self._seq
-        topic = topic_of(event)
+        envelope = Envelope(
+            schema=SCHEMA_VERSION, run_id=self.run_id, seq=self._seq, ts=ts, event=event, rank=self.rank
+        )
+        self._emit(sock, envelope)
+
+    def _emit(self, sock: zmq.Socket, envelope: Envelope) -> None:
+        seq = envelope.seq
+        topic = topic_of(envelope.event)
         try:
-            envelope = Envelope(
-                schema=SCHEMA_VERSION, run_id=self.run_id, seq=seq, ts=ts, event=event, rank=self.rank
-            )
             body = encode_body(envelope)
         except ENCODE_ERRORS as exc:
             # A producer bug; it costs this one event (and no seq), never the publisher thread.
@@ -357,8 +410,37 @@ class BusPublisher:
             sock.send(body, _SEND_LAST)
             self.stats.sent += 1
         except zmq.Again:
-            self.stats.dropped_send += 1
+            if self.config.lossless and self._send_when_room(sock, _topic_bytes(topic), body):
+                self.stats.sent += 1
+            else:
+                self.stats.dropped_send += 1
         self.cache.add(seq, topic, body)
+
+    def _send_when_room(self, sock: zmq.Socket, topic: bytes, body: bytes) -> bool:
+        """Wait for the slowest subscriber to take a message, answering subscriptions meanwhile.
+
+        Gives up only once ``close`` has asked to stop and its flush time has passed. A refused
+        first frame sent nothing, and once it is taken the second frame is too (the high-water
+        mark counts whole messages).
+        """
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN | zmq.POLLOUT)
+        deadline: float | None = None
+        while True:
+            try:
+                sock.send(topic, _SEND_MORE)
+            except zmq.Again:
+                pass
+            else:
+                sock.send(body)
+                return True
+            if self._stop.is_set():
+                deadline = deadline or time.monotonic() + self._flush_timeout
+                if time.monotonic() >= deadline:
+                    return False
+            for _, mask in poller.poll(100):
+                if mask & zmq.POLLIN:
+                    self._on_subscription(sock)
 
     def _log_error(self, key: str, msg: str, *args: object) -> None:
         log.error(msg, *args, extra={"ratelimit_key": (id(self), key)})

@@ -10,10 +10,12 @@ from pathlib import Path
 from bus.endpoint import EndpointError, check_endpoint, default_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import Subscriber, SubscriberConfig
+from consumers.alerts.backtest import EXIT_BAD_INPUT as EXIT_BAD_BACKTEST
+from consumers.alerts.backtest import run_backtests
 from consumers.alerts.daemon import AlertDaemon
 from consumers.alerts.metrics import METRICS
 from consumers.alerts.notify import EXEC_TIMEOUT_S, ExecHook, Printer
-from consumers.alerts.rules import ConfigError, Rule, default_rules, load_rules
+from consumers.alerts.rules import SEVERITIES, ConfigError, Rule, default_rules, load_rules
 from consumers.runtime import StopSignal, run_loop, setup_logging
 
 log = logging.getLogger("consumers.alerts")
@@ -52,11 +54,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="S",
         help="kill a hook that runs longer (default: %(default)s)",
     )
+    p.add_argument(
+        "--backtest",
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="evaluate the rules offline over archived runs (runs/<run_id> ...) by their recorded clock; "
+        "exit 0, 1 when a rule of --fail-on severity fired, 2 when an archive is unreadable",
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=SEVERITIES,
+        metavar="SEVERITY",
+        help=f"with --backtest: exit 1 when a rule of this severity or above fired ({', '.join(SEVERITIES)})",
+    )
+    p.add_argument(
+        "--tail",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --backtest: evaluate this many seconds of silence after each run's last event",
+    )
     p.add_argument("--list-metrics", action="store_true", help="list the metrics rules can use and exit")
     p.add_argument("--print-default-rules", action="store_true", help="print the built-in rule file and exit")
     add_security_arguments(p, "subscriber")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.backtest and args.exec_cmd:
+        p.error("--exec runs for live alerts only; a backtest prints")
+    if (args.fail_on or args.tail) and not args.backtest:
+        p.error("--fail-on and --tail go with --backtest")
+    if args.tail < 0:
+        p.error("--tail must be >= 0")
+    return args
 
 
 def _load(path: Path | None) -> tuple[list[Rule] | None, int]:
@@ -91,7 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         return code
     rules, code = _load(args.rules)
     if rules is None:
-        return code
+        return EXIT_BAD_BACKTEST if args.backtest else code
+    if args.backtest:
+        setup_logging("alerts", args.verbose)
+        return run_backtests(
+            args.backtest,
+            rules,
+            as_json=args.json,
+            fail_on=args.fail_on,
+            tail_s=args.tail,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
 
     setup_logging("alerts", args.verbose)
     stop = StopSignal().install()

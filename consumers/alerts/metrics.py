@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import NamedTuple
 
 from bus import catalogue, derived
 from bus.contract import PPOUpdate
@@ -44,8 +45,9 @@ COUNTER = "counter"
 """A count that only grows during a run; rules usually watch its increase (``increase_over_s``)."""
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
+    """A tuple, not a frozen dataclass: one is built per rule per evaluation (a backtest builds millions)."""
+
     value: float
     step: int | None
     key: object | None
@@ -74,7 +76,8 @@ def _update_field(name: str) -> Callable[[Snapshot, float], Reading | None]:
         t = s.tamiyo
         if not t.ppo_data_received:
             return None
-        return Reading(float(get(t.latest)), t.update, t.update)
+        latest = t.latest
+        return Reading(float(get(latest)), latest.update, latest.update)
 
     return read
 
@@ -102,7 +105,7 @@ def _per_update(fn: Callable[[Snapshot], float | None]) -> Callable[[Snapshot, f
         if not t.ppo_data_received:
             return None
         value = fn(s)
-        return None if value is None else Reading(value, t.update, t.update)
+        return None if value is None else Reading(value, t.latest.update, t.latest.update)
 
     return read
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bus.endpoint import EndpointError, check_endpoint, default_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import SubscriberConfig
+from consumers.archiver.reader import ArchiveError
 from consumers.tui.app import DEFAULT_REFRESH_HZ, EXIT_BAD_ENDPOINT, TamiyoApp
+from consumers.tui.browse import BrowseApp
 
 MAX_REFRESH_HZ = 30.0
 
@@ -30,6 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"redraws per second, independent of the event rate (default {DEFAULT_REFRESH_HZ:g})",
     )
     parser.add_argument("--light", action="store_true", help="start with the light colour theme")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="browse a recorded run (runs/<run_id>) instead of watching the bus: Home/End, ←/→, PgUp/PgDn",
+    )
     add_security_arguments(parser, "subscriber")
     return parser.parse_args(argv)
 
@@ -48,9 +57,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_ENDPOINT
-    app = TamiyoApp(
-        endpoint, subscriber=config, refresh_hz=args.refresh_hz, handle_signals=True, light=args.light
-    )
+    if args.run is not None:
+        try:
+            app: TamiyoApp = BrowseApp(
+                args.run, refresh_hz=args.refresh_hz, light=args.light, handle_signals=True
+            )
+        except ArchiveError as exc:
+            print(f"tamiyo-tui: {exc}", file=sys.stderr)
+            return EXIT_BAD_ENDPOINT
+    else:
+        app = TamiyoApp(
+            endpoint, subscriber=config, refresh_hz=args.refresh_hz, handle_signals=True, light=args.light
+        )
     try:
         app.run()
     except KeyboardInterrupt:  # SIGINT before the app's own handler was installed
