@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from bus.feed import Item
 from consumers.exporter.families import COUNTER, FAMILIES, GAUGE, INFO, LABELS, Family
-from consumers.exporter.table import EXPIRE_AFTER_S, RankTable
+from consumers.exporter.table import EXPIRE_AFTER_S, Key, RunTable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class TamiyoCollector(Collector):
         clock: Callable[[], float] = time.monotonic,
         families: list[Family] = FAMILIES,
     ) -> None:
-        self.table = RankTable(expire_after_s)
+        self.table = RunTable(expire_after_s)
         self.clock = clock
         self.families = families
         self._lock = threading.Lock()
@@ -50,24 +50,24 @@ class TamiyoCollector(Collector):
         for run_id, rank in added:
             log.info("following run %s rank %d", run_id, rank)
 
-    def tick(self, now: float) -> list[tuple[str, int]]:
-        """Expire finished and stale ranks even when nobody scrapes; the keys that went."""
+    def tick(self, now: float) -> list[Key]:
+        """Forget expired runs even when nobody scrapes; the (run_id, rank) keys whose series went."""
         with self._lock:
             return self.table.expire(now)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             now = self.clock()
-            self.table.expire(now)
-            rows = list(self.table)
+            rows = self.table.rows(now)
             built = []
             for f in self.families:
                 family = _family(f)
-                for (run_id, rank), series in rows:
-                    for extra, value in f.read(series, now):
+                for row in rows:
+                    labels = [row.run_id, str(row.rank)]
+                    for extra, value in f.read(row, now):
                         if f.kind == INFO:
-                            family.add_metric([run_id, str(rank)], dict(zip(f.labels, extra, strict=True)))
+                            family.add_metric(labels, dict(zip(f.labels, extra, strict=True)))
                         else:
-                            family.add_metric([run_id, str(rank), *extra], value * f.scale)
+                            family.add_metric([*labels, *extra], value * f.scale)
                 built.append(family)
         yield from built

@@ -13,7 +13,8 @@ import msgspec
 from bus import derived
 from bus.catalogue import Field, fields
 from bus.contract import TrainingStarted
-from bus.liveness import FINISHED, LIVE, SLOW, STALE, STUCK, liveness
+from bus.liveness import FINISHED, LIVE, SLOW, STALE, STUCK
+from bus.ranks import rank_status
 from consumers.alerts.metrics import COUNTER as ALERT_COUNTER
 from consumers.alerts.metrics import METRICS
 from consumers.alerts.metrics import Metric as AlertMetric
@@ -26,12 +27,14 @@ from consumers.exporter.names import (
     name_unit,
     unit,
 )
-from consumers.exporter.table import EXPORTED_EVENTS, Series, exported_fields
+from consumers.exporter.table import EXPORTED_EVENTS, NEWEST, Row, exported_fields
 
 GAUGE = "gauge"
 COUNTER = "counter"
 INFO = "info"
 
+EVENTS_TOTAL = "tamiyo_events_total"
+"""Events received from a rank: one series per rank shown (PromQL counts a run's ranks with it)."""
 LABELS = ("run_id", "rank")
 """Every series carries these; a map field or the liveness adds one more."""
 LIVENESS_STATES = (LIVE, SLOW, STALE, STUCK, FINISHED)
@@ -54,7 +57,7 @@ class Family:
     """Where the value comes from: ``event.field`` or ``bus.derived.function``."""
     alias: str
     """The name consumers use for it (an alert rule's ``metric``); '' when none."""
-    read: Callable[[Series, float], Samples]
+    read: Callable[[Row, float], Samples]
     labels: tuple[str, ...] = ()
 
     @property
@@ -67,24 +70,34 @@ class Family:
         return f"{self.meaning} [{note}] ({self.source})" if note else f"{self.meaning} ({self.source})"
 
 
-def _field_reader(tag: str, f: Field) -> Callable[[Series, float], Samples]:
-    key = (tag, f.name)
+def _field_reader(kind: type[msgspec.Struct], f: Field) -> Callable[[Row, float], Samples]:
+    """The field of the rank's newest ``kind`` event; none before one, or while a throttled field
+    has never been measured (its step is -1); a nil value is read from the next event ``NEWEST`` gives."""
+    newest = NEWEST[kind]
+    name, measured_at = f.name, f.measured_at
 
-    def read(s: Series, now: float) -> Samples:
-        value = s.values.get(key)
-        if value is None:
-            return ()
-        if isinstance(value, dict):
-            return [((k,), v) for k, v in sorted(value.items())]
-        return [((), value)]
+    def read(row: Row, now: float) -> Samples:
+        for ev in newest(row.own):
+            if ev is None:
+                continue
+            if measured_at and getattr(ev, measured_at) < 0:
+                return ()
+            value = getattr(ev, name)
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                return [((k,), float(v)) for k, v in sorted(value.items())]
+            return [((), float(value))]
+        return ()
 
     return read
 
 
-def field_families(events: Iterable[tuple[str, Sequence[Field]]]) -> list[Family]:
-    """A gauge per field of each ``(event tag, fields)``: the whole naming rule, mechanically."""
+def field_families(events: Iterable[tuple[type[msgspec.Struct], Sequence[Field]]]) -> list[Family]:
+    """A gauge per field of each ``(event type, fields)``: the whole naming rule, mechanically."""
     out = []
-    for tag, event_fields in events:
+    for kind, event_fields in events:
+        tag = kind.__struct_config__.tag
         for f in event_fields:
             labels = (key_label(f.name),) if not f.numeric else ()
             out.append(
@@ -96,7 +109,7 @@ def field_families(events: Iterable[tuple[str, Sequence[Field]]]) -> list[Family
                     unit=f.unit,
                     source=f"{tag}.{f.name}",
                     alias=f.name if event_prefix(tag) == "" else "",
-                    read=_field_reader(tag, f),
+                    read=_field_reader(kind, f),
                     labels=labels,
                 )
             )
@@ -115,22 +128,22 @@ def _batch_aliases(families: list[Family]) -> list[Family]:
     return out
 
 
-def _head_fractions(s: Series, now: float) -> Samples:
-    t = s.state.tamiyo
+def _head_fractions(row: Row, now: float) -> Samples:
+    t = row.own.tamiyo
     if not t.ppo_data_received:
         return ()
     fractions = derived.head_entropy_fractions(t.latest.head_entropy, t.head_sizes)
     return [((name,), v) for name, v in sorted(fractions.items()) if v is not None]
 
 
-def _liveness(s: Series, now: float) -> Samples:
-    state = liveness(s.state, now)
+def _liveness(row: Row, now: float) -> Samples:
+    state = rank_status(row.state, row.rank, now)
     states = LIVENESS_STATES if state in LIVENESS_STATES else (*LIVENESS_STATES, state)
     return [((name,), float(name == state)) for name in states]
 
 
-def _events(s: Series, now: float) -> Samples:
-    return [((), float(s.state.delivery.events))]
+def _events(row: Row, now: float) -> Samples:
+    return [((), float(row.own.delivery.events))]
 
 
 def _run_info_labels() -> tuple[str, ...]:
@@ -142,17 +155,17 @@ RUN_INFO_LABELS = _run_info_labels()
 """training_started's text and yes/no fields, as labels of ``tamiyo_run_info``."""
 
 
-def _run_info(s: Series, now: float) -> Samples:
-    started = s.state.run.started
+def _run_info(row: Row, now: float) -> Samples:
+    started = row.own.tamiyo.started
     if started is None:
         return ()
     values = (getattr(started, name) for name in RUN_INFO_LABELS)
     return [(tuple(str(v).lower() if isinstance(v, bool) else str(v) for v in values), 1.0)]
 
 
-def _alert_reader(metric: AlertMetric) -> Callable[[Series, float], Samples]:
-    def read(s: Series, now: float) -> Samples:
-        reading = metric.read(s.state, now)
+def _alert_reader(metric: AlertMetric) -> Callable[[Row, float], Samples]:
+    def read(row: Row, now: float) -> Samples:
+        reading = metric.read(row.view, now)
         return () if reading is None else [((), reading.value)]
 
     return read
@@ -160,8 +173,9 @@ def _alert_reader(metric: AlertMetric) -> Callable[[Series, float], Samples]:
 
 def alert_families(metrics: Iterable[AlertMetric], exported: set[str]) -> list[Family]:
     """A family for each alert-daemon metric not in ``exported`` (those a contract field already covers),
-    read by the daemon's own reader from the rank's fold: a gauge, or a ``_total`` counter for its
-    counters. The unit is the one its name ends in (``stuck_s``: seconds), its HELP the metric's doc."""
+    read by the daemon's own reader from the rank's view of the run (as a ``by_rank`` rule reads it):
+    a gauge, or a ``_total`` counter for its counters. The unit is the one its name ends in
+    (``stuck_s``: seconds), its HELP the metric's doc."""
     out = []
     for m in metrics:
         if m.name in exported:
@@ -184,7 +198,7 @@ def alert_families(metrics: Iterable[AlertMetric], exported: set[str]) -> list[F
 
 def own_families() -> list[Family]:
     """What no alert metric holds: the per-head fractions of bus.derived, the liveness, the event count
-    and the run's metadata. An alert metric one rank's fold cannot give goes here, with its alias."""
+    and the run's metadata (each rank's own training_started)."""
     return [
         Family(
             metric_name("head_entropy_normalized", "fraction"),
@@ -199,15 +213,16 @@ def own_families() -> list[Family]:
         Family(
             "tamiyo_liveness",
             GAUGE,
-            "1 for the rank's state (LIVE, SLOW, STALE, STUCK, FINISHED; bus.liveness), 0 for the others",
+            "1 for the rank's state (LIVE, SLOW, STALE, STUCK, FINISHED; bus.ranks.rank_status), "
+            "0 for the others",
             "",
-            "bus.liveness.liveness",
+            "bus.ranks.rank_status",
             "",
             _liveness,
             ("state",),
         ),
         Family(
-            "tamiyo_events_total",
+            EVENTS_TOTAL,
             COUNTER,
             "events received from this rank",
             "count",
@@ -230,9 +245,7 @@ def own_families() -> list[Family]:
 
 def build(metrics: Iterable[AlertMetric] = METRICS.values()) -> list[Family]:
     """The contract's fields, then every alert metric they do not cover, then the exporter's own."""
-    generated = _batch_aliases(
-        field_families((k.__struct_config__.tag, exported_fields(k)) for k in EXPORTED_EVENTS)
-    )
+    generated = _batch_aliases(field_families((k, exported_fields(k)) for k in EXPORTED_EVENTS))
     own = own_families()
     covered = {f.alias for f in (*generated, *own) if f.alias}
     return generated + alert_families(metrics, covered) + own

@@ -6,6 +6,10 @@ series (thresholds scaled to its base unit), a clear threshold as the usual Prom
 ``for:``, ``for_updates`` as ``for:`` at ``update_seconds`` per update (Prometheus counts time, not
 updates), ``increase_over_s`` as ``increase(...[Ns])``, the severity as a label and the summary,
 its placeholders turned into Go templates, as an annotation.
+
+Every exported series is one rank's, so every alert carries ``run_id`` and ``rank``. A ``by_rank``
+rule reads the same series; like the daemon's, it holds only while the run has more than one rank
+(a single rank's numbers are the ones the rules without ``by_rank`` watch: no duplicate alerts).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import string
 
 from consumers.alerts.rules import Rule
-from consumers.exporter.families import FAMILIES, Family
+from consumers.exporter.families import EVENTS_TOTAL, FAMILIES, Family
 
 DEFAULT_UPDATE_SECONDS = 1.0
 """Seconds one update is taken to last when ``for_updates`` becomes ``for:``."""
@@ -21,6 +25,8 @@ GROUP = "tamiyo"
 
 BY_ALIAS: dict[str, Family] = {f.alias: f for f in FAMILIES if f.alias}
 """The exported family of each name the alert daemon knows a metric by."""
+SEVERAL_RANKS = f"on(run_id) count by (run_id) ({EVENTS_TOTAL}) > 1"
+"""``and`` this: the run has more than one rank showing (each shows ``tamiyo_events_total``)."""
 
 
 def duration(seconds: float) -> str:
@@ -46,6 +52,8 @@ def expression(rule: Rule) -> str:
     if rule.clear is not None and rule.clear != rule.fire:
         firing = f'ALERTS{{alertname="{rule.name}", alertstate="firing"}}'
         expr += f" or ({series} {rule.op} {_number(rule.clear * scale)} and on(run_id, rank) {firing})"
+    if rule.by_rank:
+        expr = f"({expr}) and {SEVERAL_RANKS}"
     return expr
 
 
@@ -72,8 +80,8 @@ def _template(rule: Rule) -> str:
                 out.append(f'{{{{ $value | printf "%{spec}" }}}}')
             else:
                 out.append("{{ $value }}")
-        elif name == "run_id":
-            out.append("{{ $labels.run_id }}")
+        elif name in ("run_id", "rank"):
+            out.append(f"{{{{ $labels.{name} }}}}")
         elif name in fixed:
             out.append(format(fixed[name], spec or ""))
         else:  # update, step: not in an alert's labels
@@ -103,5 +111,6 @@ def rules_yaml(rules: list[Rule], update_seconds: float = DEFAULT_UPDATE_SECONDS
         lines += ["        labels:", f"          severity: {rule.severity}", "        annotations:"]
         summary = _template(rule) + " (run {{ $labels.run_id }}, rank {{ $labels.rank }})"
         lines.append(f"          summary: {_q(summary)}")
-        lines.append(f"          expression: {_q(rule.expression() + (' ' + rule.describe_for()).rstrip())}")
+        daemon = " ".join(filter(None, (rule.expression(), rule.describe_for(), "by rank" * rule.by_rank)))
+        lines.append(f"          expression: {_q(daemon)}")
     return "\n".join(lines) + "\n"

@@ -1,37 +1,41 @@
-"""The exporter's state: one folded ``Snapshot`` and the newest value of each field per (run_id, rank).
+"""The exporter's state: the ``bus.aggregator`` fold of the current run, the runs it replaced, what shows.
 
-Each (run_id, rank) has its own ``bus.aggregator.fold`` (seqs are per rank), so delivery counters,
-liveness and the derived quantities are those every consumer computes. Beside it the table keeps
-the newest value of every exported field: a nil value (``return_mean`` of a rollout in which no
-episode ended) keeps the last one, and a throttled field has none until it is first measured.
+The run is folded by the fold every consumer runs, so run identity (by arrival), each rank's
+state (``Snapshot.ranks``), per-rank gaps, liveness and the straggler score are the ones in
+``bus/``. A run replaced by a newer one keeps its last state until its series expire.
 
-A rank's series expire once it is FINISHED or STALE and nothing has arrived from it for
-``expire_after_s``; a finished run's keys are remembered (bounded) so a late replay of it does
-not bring its series back. A stale rank that speaks again starts over.
+A rank's series expire once it is FINISHED or STALE (``bus.ranks.rank_status``) and nothing has
+arrived from it for ``expire_after_s``. The fold keeps the current run (and ``left_runs`` the ones
+it replaced), so a late replay of an expired run is dropped as duplicates or stale and does not
+bring its series back; a stale rank that sends something new shows again.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import msgspec
 
 from bus.aggregator import fold
 from bus.catalogue import Field, fields, step_fields
-from bus.contract import EVENT_TYPES, Envelope, TrainingFinished, TrainingStarted
-from bus.feed import Gap, Item
-from bus.liveness import FINISHED, STALE, liveness, silence_s
-from bus.state import Snapshot
+from bus.contract import (
+    EVENT_TYPES,
+    BatchCompleted,
+    Heartbeat,
+    PPOUpdate,
+    TrainingFinished,
+    TrainingStarted,
+)
+from bus.feed import Item
+from bus.liveness import FINISHED, STALE, silence_s
+from bus.ranks import rank_status, rank_view
+from bus.state import RankState, Snapshot
 
 EXPIRE_AFTER_S = 300.0
 """Default: a finished or stale rank's series go away after five minutes of silence."""
-RETIRED_KEPT = 4096
-"""Finished (run_id, rank) keys remembered so a late replay does not revive them."""
 
 Key = tuple[str, int]
-Value = float | dict[str, float]
 
 
 def _is_map(f: Field) -> bool:
@@ -52,84 +56,86 @@ EXPORTED_EVENTS: tuple[type[msgspec.Struct], ...] = tuple(
 )
 """Every event type whose fields are measurements: all but the run's metadata and its end."""
 
-_READ: dict[type, tuple[tuple[str, str, bool], ...]] = {
-    kind: tuple((f.name, f.measured_at, _is_map(f)) for f in exported_fields(kind))
-    for kind in EXPORTED_EVENTS
+NEWEST: dict[type[msgspec.Struct], Callable[[RankState], tuple[msgspec.Struct | None, ...]]] = {
+    PPOUpdate: lambda rs: (rs.tamiyo.latest,) if rs.tamiyo.ppo_data_received else (),
+    BatchCompleted: lambda rs: (rs.rollout.latest, rs.rollout.latest_with_returns),
+    Heartbeat: lambda rs: (rs.delivery.heartbeat,),
 }
+"""Where a rank's fold holds the newest event of each exported type. A nil field is read from the
+next one given: the returns of the newest rollout in which an episode ended (``RolloutState``)."""
+
+_missing = set(EXPORTED_EVENTS) - set(NEWEST)
+if _missing:
+    raise ImportError(f"consumers.exporter.table.NEWEST: say where bus.state keeps the newest {_missing}")
 
 
-@dataclass
-class Series:
-    """One rank of one run: its fold and the newest value of each exported field."""
+@dataclass(frozen=True)
+class Row:
+    """One rank of one run, as the collector reads it."""
 
-    state: Snapshot = field(default_factory=Snapshot)
-    values: dict[tuple[str, str], Value] = field(default_factory=dict)
-    """(event tag, field name) → newest value."""
+    run_id: str
+    rank: int
+    state: Snapshot
+    """The run's fold, every rank."""
+    view: Snapshot
+    """``bus.ranks.rank_view``: the rank's own state, what a ``by_rank`` alert rule reads."""
 
-    def take(self, ev: msgspec.Struct) -> None:
-        read = _READ.get(type(ev))
-        if read is None:
-            return
-        tag = ev.__struct_config__.tag
-        for name, measured_at, is_map in read:
-            value = getattr(ev, name)
-            if value is None or (measured_at and getattr(ev, measured_at) < 0):
-                continue
-            self.values[(tag, name)] = {k: float(v) for k, v in value.items()} if is_map else float(value)
+    @property
+    def key(self) -> Key:
+        return (self.run_id, self.rank)
 
-    def expired(self, now: float, after_s: float) -> bool:
-        return liveness(self.state, now) in (FINISHED, STALE) and silence_s(self.state, now) >= after_s
+    @property
+    def own(self) -> RankState:
+        return self.state.ranks[self.rank]
 
 
-class RankTable:
-    """Every (run_id, rank) the exporter has heard from and not yet expired."""
+class RunTable:
+    """The current run's fold and the runs it replaced, until each of their ranks has expired."""
 
     def __init__(self, expire_after_s: float = EXPIRE_AFTER_S) -> None:
         self.expire_after_s = expire_after_s
-        self.series: dict[Key, Series] = {}
-        self._retired: OrderedDict[Key, None] = OrderedDict()
-
-    def apply(self, item: Item, now: float) -> None:
-        """Fold one envelope or gap notice, received at ``now``, into its rank's series."""
-        if isinstance(item, Gap):
-            # Gaps are per rank once the feed tracks seqs per rank; until then all of a run's are rank 0's.
-            series = self.series.get((item.run_id, getattr(item, "rank", 0)))
-            if series is not None:
-                series.state = fold(series.state, item, now)
-            return
-        self._apply_envelope(item, now)
+        self.state = Snapshot()
+        self.replaced: dict[str, Snapshot] = {}
+        self._shown: set[Key] = set()
 
     def apply_all(self, items: Iterable[Item], now: float) -> list[Key]:
-        """``apply`` each item; the (run_id, rank) keys heard from for the first time."""
-        before = set(self.series)
+        """Fold each envelope or gap notice, received at ``now``; the (run_id, rank) keys heard first."""
+        state = self.state
+        known = set(state.ranks)
+        added: list[Key] = []
         for item in items:
-            self.apply(item, now)
-        return [key for key in self.series if key not in before]
+            folded = fold(state, item, now)
+            if folded.run.run_id != state.run.run_id:  # a new run: keep the old one until it expires
+                added += [(state.run.run_id, r) for r in state.ranks if r not in known]
+                if state.run.run_id:
+                    self.replaced[state.run.run_id] = state
+                self.replaced.pop(folded.run.run_id, None)
+                state, known = folded, set()
+        added += [(state.run.run_id, r) for r in state.ranks if r not in known]
+        self.state = state
+        self._shown.update(added)
+        return added
 
-    def _apply_envelope(self, env: Envelope, now: float) -> None:
-        key = (env.run_id, env.rank)
-        if key in self._retired:
-            return
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = Series()
-        before = series.state.delivery.events
-        series.state = fold(series.state, env, now)
-        if series.state.delivery.events != before:  # not a duplicate
-            series.take(env.event)
+    def _rows(self) -> list[Row]:
+        states = [*self.replaced.values(), self.state]
+        return [Row(s.run.run_id, rank, s, rank_view(s, rank)) for s in states for rank in sorted(s.ranks)]
+
+    def expired(self, row: Row, now: float) -> bool:
+        return (
+            rank_status(row.state, row.rank, now) in (FINISHED, STALE)
+            and silence_s(row.view, now) >= self.expire_after_s
+        )
+
+    def rows(self, now: float) -> list[Row]:
+        """Every rank whose series show at ``now``, by run then rank."""
+        return sorted((r for r in self._rows() if not self.expired(r, now)), key=lambda r: r.key)
 
     def expire(self, now: float) -> list[Key]:
-        """Drop the series that have expired at ``now``; their keys."""
-        gone = [key for key, s in self.series.items() if s.expired(now, self.expire_after_s)]
-        for key in gone:
-            if self.series.pop(key).state.run.finished:
-                self._retired[key] = None
-                while len(self._retired) > RETIRED_KEPT:
-                    self._retired.popitem(last=False)
+        """Forget the replaced runs whose ranks have all expired; the keys that went since the last call."""
+        shown = {row.key for row in self.rows(now)}
+        gone = sorted(self._shown - shown)
+        self._shown = shown
+        for run_id, state in list(self.replaced.items()):
+            if not any((run_id, rank) in shown for rank in state.ranks):
+                del self.replaced[run_id]
         return gone
-
-    def __iter__(self) -> Iterator[tuple[Key, Series]]:
-        return iter(sorted(self.series.items()))
-
-    def __len__(self) -> int:
-        return len(self.series)

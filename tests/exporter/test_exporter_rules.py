@@ -123,3 +123,66 @@ def test_the_cli_prints_the_shipped_file() -> None:
         timeout=60,
     )
     assert result.returncode == 0 and result.stdout == RULES.read_text(encoding="utf-8")
+
+
+@needs_promtool
+def test_promtool_by_rank_rules_fire_per_rank_of_a_run_of_several_ranks_only(tmp_path: Path) -> None:
+    """Run r (2 ranks): rank 1 scores 1.4 for 10 s, 1.2 (between clear 1.15 and fire 1.3) for 10 s,
+    then 1.1; its stuck time is 45 s. Run s (1 rank) is stuck 40 s: trainer_stuck, not rank_stuck."""
+
+    def alert(name: str, run: str, rank: str, summary: str, expression: str) -> str:
+        return (
+            f"          - exp_labels: {{severity: {'warning' if name == 'straggler' else 'critical'}, "
+            f"run_id: {run}, rank: '{rank}'}}\n"
+            "            exp_annotations:\n"
+            f"              summary: '{summary} (run {run}, rank {rank})'\n"
+            f"              expression: '{expression}'\n"
+        )
+
+    def at(seconds: int, name: str, *alerts: str) -> str:
+        head = f"      - eval_time: {seconds}s\n        alertname: {name}\n"
+        return head + ("        exp_alerts:\n" + "".join(alerts) if alerts else "        exp_alerts: []\n")
+
+    def straggler(value: str) -> str:
+        summary = f"rank 1 is a straggler: its compute time runs {value}x the other ranks'' median"
+        return alert("straggler", "r", "1", summary, "straggler_score >= 1.3 by rank")
+
+    stuck = "has not moved for {} s though its heartbeats arrive: a hung collective?"
+    trainer = (
+        "the training loop has not moved for {} s although the trainer still sends heartbeats: "
+        "deadlock or hung collective?"
+    )
+    series = {
+        'tamiyo_straggler_score{run_id="r", rank="0"}': "0.8x30",
+        'tamiyo_straggler_score{run_id="r", rank="1"}': "1.4x10 1.2x10 1.1x10",
+        'tamiyo_stuck_seconds{run_id="r", rank="0"}': "0x30",
+        'tamiyo_stuck_seconds{run_id="r", rank="1"}': "45x30",
+        'tamiyo_stuck_seconds{run_id="s", rank="0"}': "40x30",
+        'tamiyo_events_total{run_id="r", rank="0"}': "1+1x30",
+        'tamiyo_events_total{run_id="r", rank="1"}': "1+1x30",
+        'tamiyo_events_total{run_id="s", rank="0"}': "1+1x30",
+    }
+    tests = tmp_path / "tests.yml"
+    tests.write_text(
+        f"rule_files:\n  - {RULES}\nevaluation_interval: 1s\ntests:\n  - interval: 1s\n    input_series:\n"
+        + "".join(f"      - series: '{k}'\n        values: '{v}'\n" for k, v in series.items())
+        + "    alert_rule_test:\n"
+        + at(5, "straggler", straggler("1.40"))
+        + at(15, "straggler", straggler("1.20"))  # between clear and fire: still firing
+        + at(25, "straggler")  # below clear: resolved
+        + at(
+            5,
+            "rank_stuck",
+            alert("rank_stuck", "r", "1", "rank 1 " + stuck.format(45), "stuck_s > 0 by rank"),
+        )
+        + at(
+            5,
+            "trainer_stuck",
+            alert("trainer_stuck", "r", "1", trainer.format(45), "stuck_s > 0"),
+            alert("trainer_stuck", "s", "0", trainer.format(40), "stuck_s > 0"),
+        )
+    )
+    result = subprocess.run(
+        [str(PROMTOOL), "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
