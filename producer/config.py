@@ -92,6 +92,8 @@ class TrainConfig:
     # -- diagnostics and telemetry --------------------------------------------
     diagnostics_every: int = knob(10, ge=1)
     """Measure gradient_cv and CUDA memory when train_steps % diagnostics_every == 0."""
+    noise_warmup: int = knob(3, ge=1)
+    """Gradient-noise measurements pooled before gradient_cv is published (fewer are too noisy to judge)."""
     endpoint: str = knob(default_factory=default_endpoint)
     """Bind the telemetry XPUB socket here ($TAMIYO_ENDPOINT, else tcp://127.0.0.1:5555)."""
     connect: str = knob("", metavar="ENDPOINT")

@@ -143,7 +143,7 @@ class Trainer:
         """Wall time spent in the throttled diagnostics (the gradient noise passes, CUDA memory)."""
         self.update_ms = 0.0
         """Wall time spent in update() in total."""
-        self.noise_pooler = NoiseScalePooler()
+        self.noise_pooler = NoiseScalePooler(min_count=cfg.noise_warmup)
 
     # -- rollout -----------------------------------------------------------------
 

@@ -267,3 +267,15 @@ def test_reading_rejects_an_empty_batch() -> None:
     pooler.add(1.0, 1.0)
     with pytest.raises(ValueError, match="batch"):
         pooler.reading(0)
+
+
+def test_the_pooler_reads_nothing_before_min_count_measurements() -> None:
+    pooler = NoiseScalePooler(min_count=3)
+    readings = []
+    for _ in range(3):
+        pooler.add(4.0, 1.0)
+        readings.append(pooler.reading(16))
+    assert readings[:2] == [None, None]
+    assert readings[2] is not None and readings[2].b_simple == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        NoiseScalePooler(min_count=0)

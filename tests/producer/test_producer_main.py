@@ -22,6 +22,7 @@ from bus.subscribe import Subscriber, SubscriberConfig
 
 START_TIMEOUT_S = 60.0
 TINY = ["--n-envs", "4", "--rollout-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
+TINY += ["--noise-warmup", "1"]  # gradient_cv from the first measurement
 
 # What a client that knows only the documented contract (issue 2, docs/wire.md) expects to find.
 DOCUMENTED_TRAINING_STARTED = [

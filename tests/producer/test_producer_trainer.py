@@ -23,7 +23,14 @@ from producer.trainer import Trainer
 
 torch.set_num_threads(1)
 
-SMALL = {"n_envs": 4, "rollout_steps": 12, "max_epochs": 5, "num_minibatches": 2, "update_epochs": 2}
+SMALL = {
+    "n_envs": 4,
+    "rollout_steps": 12,
+    "max_epochs": 5,
+    "num_minibatches": 2,
+    "update_epochs": 2,
+    "noise_warmup": 1,  # publish gradient_cv from the first measurement (its warm-up has its own test)
+}
 
 
 def small_trainer(**over: Any) -> Trainer:
@@ -240,3 +247,13 @@ def test_rollout_and_update_stop_within_their_loops_when_asked() -> None:
     checks = iter([False, True])
     assert trainer.update(lambda: next(checks)) is None
     assert trainer.train_steps == 0
+
+
+def test_gradient_cv_is_published_only_once_noise_warmup_measurements_are_pooled() -> None:
+    trainer = small_trainer(diagnostics_every=1, noise_warmup=3)
+    steps = []
+    for _ in range(4):
+        trainer.rollout()
+        m = trainer.update()
+        steps.append(m["gradient_cv_step"])
+    assert steps == [-1, -1, 3, 4]  # "not measured yet" until the third measurement
