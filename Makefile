@@ -14,15 +14,18 @@ WEB ?= 127.0.0.1:8000
 EXPORT ?= 127.0.0.1:9464
 # NPROC=2 (or more): train under torchrun, one DDP rank per process, each publishing to `make bus`.
 NPROC ?= 1
+# make bus: where the ranks' publishers connect (the producer's --connect default).
+FRONTEND ?= tcp://127.0.0.1:5556
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui web export archive alerts bench gpu-check test lint clean
+.PHONY: help install train bus tui web export archive alerts bench gpu-check test lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
-	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/export/archive/alerts), ENDPOINT=$(ENDPOINT),"
+	@echo "  Variables: ARGS=\"...\" (flags for train/bus/tui/web/export/archive/alerts), ENDPOINT=$(ENDPOINT),"
 	@echo "             WEB=$(WEB), EXPORT=$(EXPORT), OUT=$(OUT), TORCH=$(TORCH)"
 	@echo "             NPROC=$(NPROC) (train: NPROC>1 runs torchrun, its ranks publish through make bus)"
+	@echo "             FRONTEND=$(FRONTEND) (bus: where ranks connect; consumers use ENDPOINT)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +43,9 @@ ifeq ($(filter-out 1,$(NPROC)),)
 else
 	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m producer $(ARGS)
 endif
+
+bus: $(VENV)/.installed ## The forwarder: ranks connect on FRONTEND, consumers on ENDPOINT (flags: ARGS="--upstream ...")
+	$(BIN)/python -m bus.forwarder --frontend $(FRONTEND) --backend $(ENDPOINT) $(ARGS)
 
 tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port)
 	$(BIN)/python -m consumers.tui --endpoint $(ENDPOINT) $(ARGS)

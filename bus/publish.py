@@ -98,7 +98,8 @@ class PublisherConfig:
 
     endpoint: str = field(default_factory=default_endpoint)
     connect: bool = False
-    """Connect to ``endpoint`` (a forwarder's XSUB frontend, any host) instead of binding it."""
+    """Connect to ``endpoint`` (a forwarder's XSUB frontend, any host) instead of binding it.
+    A connected publisher serves no replays: the forwarder answers them from its cache for every rank."""
     heartbeat_period_s: float = 1.0
     queue_limit: int = 10_000
     sndhwm: int = 10_000
@@ -358,7 +359,8 @@ class BusPublisher:
             self.stats.sent += 1
         except zmq.Again:
             self.stats.dropped_send += 1
-        self.cache.add(seq, topic, body)
+        if not self.config.connect:  # connected: the forwarder caches and replays
+            self.cache.add(seq, topic, body)
 
     def _log_error(self, key: str, msg: str, *args: object) -> None:
         log.error(msg, *args, extra={"ratelimit_key": (id(self), key)})
@@ -379,7 +381,11 @@ class BusPublisher:
                 sock.setsockopt(option, topic)
                 if option == zmq.SUBSCRIBE:
                     self._subscribed.set()
-            elif topic.startswith(_REPLAY_PREFIX) and len(topic) <= _MAX_REPLAY_TOPIC:
+            elif (
+                topic.startswith(_REPLAY_PREFIX)
+                and len(topic) <= _MAX_REPLAY_TOPIC
+                and not self.config.connect
+            ):
                 if option == zmq.UNSUBSCRIBE:
                     sock.setsockopt(option, topic)
                     continue
