@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import zmq
 
 from bus.contract import REPLAY_TOPIC_PREFIX
-from bus.endpoint import EndpointError, check_bind, check_endpoint
+from bus.endpoint import EndpointError, check_endpoint, is_loopback
 from bus.forwarder_cache import MAX_RANKS, MAX_RUNS, RankCaches
 from bus.replay import ReplayQueue
 from bus.wire import MAX_MESSAGE_BYTES
@@ -104,8 +104,11 @@ class Forwarder:
         self.config = c = config or ForwarderConfig()
         for endpoint in (c.frontend, *(() if c.upstream else (c.backend,))):
             check_endpoint(endpoint, bind=True)
-            if not c.allow_remote:
-                check_bind(endpoint, allow_remote=False, curve=False)
+            if not c.allow_remote and not is_loopback(endpoint):
+                raise EndpointError(
+                    f"refusing to bind {endpoint}: it is not loopback. Pass --allow-remote (unencrypted: "
+                    "a private cluster network only) or reach it through an SSH tunnel (see README)."
+                )
         if c.upstream:
             check_endpoint(c.upstream)
         self.caches = RankCaches(max_runs=c.max_runs, max_ranks=c.max_ranks)
