@@ -16,7 +16,6 @@ sees every rank, answers), so a consumer never gets two histories.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import logging
 import signal
@@ -156,6 +155,7 @@ class Forwarder:
         except BaseException:
             for sock in socks:
                 sock.close(0)
+            self._control = self._stop_cache = None
             self._ctx.term()
             raise
         proxy = threading.Thread(
@@ -256,8 +256,13 @@ class Forwarder:
                 if stop in ready:
                     return
                 if replay in ready:
+                    # Every message the proxy forwarded before this subscription is already in the
+                    # capture queue: cache them all first, so the snapshot holds what the consumer
+                    # could not have received live, and its ReplayEnd's last_seq leaves no false gap.
+                    while self._on_captured(captured):
+                        pass
                     self._on_subscriptions(replay)
-                if captured in ready:
+                elif captured in ready:
                     self._on_captured(captured)
                 if self.replays.pending:
                     self._replay_slice(replay)
@@ -267,13 +272,14 @@ class Forwarder:
             for sock in (captured, replay, stop):
                 sock.close(0)
 
-    def _on_captured(self, captured: zmq.Socket) -> None:
+    def _on_captured(self, captured: zmq.Socket) -> bool:
+        """Cache up to CAPTURE_BATCH captured messages; True when there may be more."""
         add = self.caches.add
         for _ in range(CAPTURE_BATCH):
             try:
                 topic = captured.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                return False
             if not topic.more:
                 continue  # a subscription on its way up
             body = captured.recv(copy=False)
@@ -284,6 +290,7 @@ class Forwarder:
             first = topic.bytes
             if parts == 2 and first[:1] != b"~":  # replayed history is not cached again
                 add(first, body.bytes)
+        return True
 
     def _on_subscriptions(self, replay: zmq.Socket) -> None:
         for _ in range(4096):
@@ -388,9 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         forwarder.backend_endpoint,
         "served here" if config.serves_replay else "left to the head forwarder",
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        while not stop.wait(args.status_interval):
-            log.info("%s", forwarder.status().line())
+    while not stop.wait(args.status_interval):
+        log.info("%s", forwarder.status().line())
     log.info("stopped: %s", forwarder.close().line())
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -262,3 +263,31 @@ def test_an_endpoint_in_use_exits_2() -> None:
         proc = Proc("bus.forwarder", "--frontend", fw.frontend_endpoint, "--backend", free_endpoint())
         assert proc.wait(30) == 2
     assert "Address already in use" in proc.stderr_text()
+
+
+def test_a_consumer_joining_mid_stream_sees_no_false_gap(forwarders, ranks, make_subscriber) -> None:
+    fw = forwarders()
+    pub = ranks(fw.frontend_endpoint, 0)
+    assert pub.wait_for_subscriber(10)
+    stop = threading.Event()
+
+    def stream() -> None:
+        i = 0
+        while not stop.is_set():
+            if pub.publish(ppo_update(i)):
+                i += 1
+            if pub.stats.published - pub.stats.sent > 1000:
+                time.sleep(0.0005)  # not a wait for an event: keeps the queue from dropping
+
+    feeder = threading.Thread(target=stream)
+    feeder.start()
+    try:
+        assert wait_until(lambda: pub.stats.sent > 5000, 20)
+        sub = make_subscriber(fw.backend_endpoint, sync_timeout_s=20.0)  # the replay is awaited, however slow
+        got: list[Any] = []
+        assert wait_until(lambda: len(got) > 3000, 20, lambda: got.extend(sub.receive(0.05)))
+    finally:
+        stop.set()
+        feeder.join()
+    assert sub.feed.stats.replays == 1 and sub.feed.stats.sync_timeouts == 0
+    assert sub.feed.stats.gaps == 0, [g for g in got if not isinstance(g, Envelope)][:3]
