@@ -58,10 +58,12 @@ class _ForwarderProc:
                 raise RuntimeError("the consumer's subscriptions never reached the forwarder")
             time.sleep(0.01)
 
-    def close(self) -> None:
+    def close(self):  # type: ignore[no-untyped-def]
+        """The final ForwarderStatus."""
         self.conn.send("stop")
-        self.conn.recv()
+        final = self.conn.recv()
         self.proc.join(10)
+        return final
 
 
 def _run_publisher(publisher: BusPublisher, events: list[PPOUpdate]) -> None:
@@ -91,7 +93,7 @@ def throughput(n: int) -> Figure:
     through = conn.recv()
     proc.join(10)
     publisher.close()
-    fw.close()
+    final = fw.close()
 
     def rate(r: dict) -> float:
         return r["got"] / max(r["last"] - r["first"], 1e-9)
@@ -105,7 +107,7 @@ def throughput(n: int) -> Figure:
         0.8,
         f"{n} ppo_update, BusPublisher -> Subscriber + fold in another process; through: the "
         f"publisher connects to the forwarder (own process, caching); received {through['got']}/{n} "
-        f"(direct {direct['got']}/{n})",
+        f"(direct {direct['got']}/{n}); forwarder cached {final.cached}, missed {final.cache_lost}",
     )
 
 

@@ -73,13 +73,13 @@ class RankCaches:
         self._runs: OrderedDict[str, _Run] = OrderedDict()
         self.stats = CacheStats()
 
-    def add(self, topic: bytes, body: bytes) -> None:
-        """One forwarded live message, ``topic`` and MessagePack envelope ``body``."""
+    def add(self, topic: bytes, body: bytes) -> bool:
+        """One forwarded live message, ``topic`` and MessagePack envelope ``body``; False: not an envelope."""
         try:
             key = _key_decoder.decode(body)
         except (msgspec.DecodeError, ValueError, RecursionError):
             self.stats.undecodable += 1
-            return
+            return False
         run = self._runs.get(key.run_id)
         if run is None:
             if len(self._runs) >= self._max_runs:
@@ -90,7 +90,7 @@ class RankCaches:
         if rank is None:
             if len(run.ranks) >= self._max_ranks:
                 self.stats.ranks_refused += 1
-                return
+                return True
             rank = run.ranks[key.rank] = _Rank(ReplayCache(self._depths))
         if key.seq <= rank.last_seq:
             self.stats.restarts += 1
@@ -100,6 +100,7 @@ class RankCaches:
         rank.last_seq = key.seq
         rank.cache.add(key.seq, topic.decode("ascii", "replace"), body)
         self.stats.cached += 1
+        return True
 
     def snapshot(self) -> list[tuple[int, bytes]]:
         """The newest run's replay: each rank's cached bodies in seq order, then that rank's ReplayEnd.

@@ -20,7 +20,7 @@ from bus.contract import Envelope, ReplayEnd
 from bus.forwarder import Forwarder, ForwarderConfig
 from bus.publish import BusPublisher, PublisherConfig
 from bus.replay import REPLAY_BURST, REPLAY_RATE_PER_S
-from bus.wire import decode, decode_replay_end
+from bus.wire import decode, decode_replay_end, encode
 
 ANY = "tcp://127.0.0.1:*"
 RUN = "run-fw"
@@ -291,3 +291,56 @@ def test_a_consumer_joining_mid_stream_sees_no_false_gap(forwarders, ranks, make
         feeder.join()
     assert sub.feed.stats.replays == 1 and sub.feed.stats.sync_timeouts == 0
     assert sub.feed.stats.gaps == 0, [g for g in got if not isinstance(g, Envelope)][:3]
+
+
+def test_malformed_frames_are_forwarded_as_they_were_sent(forwarders, ranks, raw) -> None:
+    fw = forwarders()
+    consumer = raw(fw.backend_endpoint, b"")
+    assert wait_until(lambda: fw.status().frames_out == 1, 10)
+    bad = zmq.Context.instance().socket(zmq.XPUB)
+    bad.setsockopt(zmq.LINGER, 0)
+    bad.connect(fw.frontend_endpoint)
+    try:
+        assert bad.poll(10_000) and bad.recv() == b"\x01"  # the forwarder subscribes to everything
+        bad.send(b"ppo_update")
+        bad.send_multipart([b"ppo_update", b"not msgpack", b"third"])
+        got: list[list[bytes]] = []
+
+        def take() -> None:
+            while consumer.sock.poll(20):
+                got.append(consumer.sock.recv_multipart())
+
+        assert wait_until(lambda: len(got) == 2, 10, take)
+    finally:
+        bad.close(0)
+    assert got == [[b"ppo_update"], [b"ppo_update", b"not msgpack", b"third"]]
+    assert fw.caches.stats.undecodable >= 1 and fw.caches.messages == 0
+
+
+def test_the_cache_reader_steps_over_a_malformed_message_to_the_next_one() -> None:
+    fw = Forwarder(ForwarderConfig(frontend=ANY, backend=ANY))  # not started: its capture reader alone
+    ctx = zmq.Context.instance()
+    capture = ctx.socket(zmq.PUB)
+    capture.setsockopt(zmq.LINGER, 0)
+    capture.bind("inproc://test-capture")
+    reader = ctx.socket(zmq.SUB)
+    reader.setsockopt(zmq.LINGER, 0)
+    reader.subscribe(b"")
+    reader.connect("inproc://test-capture")
+    try:
+        assert wait_until(lambda: capture.send(b"probe") or reader.poll(10), 10)
+        while reader.poll(0):
+            reader.recv()
+        # All queued before the reader runs: a one-frame message, then [topic, envelope] of rank 0.
+        capture.send(b"ppo_update")
+        for seq in range(4):
+            env = Envelope(schema=1, run_id=RUN, seq=seq, ts=1.0, event=ppo_update(seq + 1))
+            capture.send_multipart(encode(env))
+        while fw._on_captured(reader):
+            pass
+    finally:
+        reader.close(0)
+        capture.close(0)
+    # Read one frame off, [ppo_update | topic 0] is refused, the rest of message 0 skipped, 1..3 cached.
+    assert fw.caches.last_seqs(RUN) == {0: 3} and fw.caches.stats.cached == 3
+    assert fw.caches.stats.undecodable == 1
