@@ -8,6 +8,7 @@ import time
 
 import zmq
 
+from bench import bus_figures
 from bench.bus_figures import HWM, _consume_bus, _spawn
 from bench.events import batch_completed, ppo_update
 from bench.report import Figure, at_least, at_most
@@ -136,7 +137,12 @@ def latency(rate_hz: float, seconds: float) -> list[Figure]:
     lat = sorted(result["latencies"][len(result["latencies"]) // 10 :])  # skip the sync warm-up tenth
     p50 = lat[len(lat) // 2] * 1e3
     p99 = lat[int(len(lat) * 0.99)] * 1e3
-    how = f"{n} ppo_update at {rate_hz:g}/s, publish() to applied in the consumer's fold, via the forwarder"
+    direct = {f.key: f.value for f in bus_figures.latency(rate_hz, seconds)}
+    how = (
+        f"{n} ppo_update at {rate_hz:g}/s, publish() to applied in the consumer's fold, via the forwarder "
+        f"(own process); direct publishing in the same run: p50 {direct['latency_p50']:.3g} ms, "
+        f"p99 {direct['latency_p99']:.3g} ms"
+    )
     return [
         at_most("forwarder_latency_p50", "latency p50 through the forwarder", p50, 2.0, "ms", 1.0, how),
         at_most(
