@@ -344,3 +344,41 @@ def test_the_cache_reader_steps_over_a_malformed_message_to_the_next_one() -> No
     # Read one frame off, [ppo_update | topic 0] is refused, the rest of message 0 skipped, 1..3 cached.
     assert fw.caches.last_seqs(RUN) == {0: 3} and fw.caches.stats.cached == 3
     assert fw.caches.stats.undecodable == 1
+
+
+def test_two_torchrun_ranks_through_the_forwarder_then_a_late_joiner(forwarders, raw) -> None:
+    pytest.importorskip("torch")
+    fw = forwarders()
+    early = raw(fw.backend_endpoint, b"")
+    assert wait_until(lambda: fw.status().frames_out == 1, 10)
+    tiny = ["--n-envs", "4", "--rollout-steps", "16", "--num-minibatches", "2", "--update-epochs", "2"]
+    args = ["--standalone", "--nproc-per-node", "2", "-m", "producer", "--connect", fw.frontend_endpoint]
+    proc = Proc("torch.distributed.run", *args, "--updates", "4", *tiny)
+    try:
+        assert proc.wait(240) == 0, proc.describe()
+    finally:
+        proc.kill()
+    finished: dict[int, int] = {}
+
+    def pump() -> None:
+        while early.sock.poll(20):
+            env = decode(early.sock.recv_multipart()[1])
+            early.live[env.rank].append(env.seq)
+            if env.event.__struct_config__.tag == "training_finished":
+                finished[env.rank] = env.seq
+
+    assert wait_until(lambda: len(finished) == 2, 30, pump), proc.describe()
+    for rank in (0, 1):
+        seqs = early.live[rank]
+        assert seqs[0] <= 1 and seqs == list(range(seqs[0], finished[rank] + 1))  # seq 0: the start heartbeat
+
+    late = raw(fw.backend_endpoint, b"~replay/torchrun")
+    assert wait_until(lambda: len(late.ends) == 2, 10, late.pump)
+    for end in late.ends:
+        assert (end.ranks, end.last_seq) == (2, finished[end.rank])
+        history = late.replayed[end.rank]
+        assert [e.seq for e in history] == sorted(e.seq for e in history) and len(history) == end.count
+        kinds = {e.event.__struct_config__.tag for e in history}
+        assert {"training_started", "ppo_update", "training_finished"} <= kinds
+        (started,) = [e.event for e in history if e.event.__struct_config__.tag == "training_started"]
+        assert (started.rank, started.world_size) == (end.rank, 2)
