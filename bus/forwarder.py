@@ -41,6 +41,7 @@ BACKEND = "tcp://127.0.0.1:5555"
 HWM = 100_000
 """Messages queued per peer before ZeroMQ drops (slow consumer) or holds (capture) them."""
 STATUS_INTERVAL_S = 10.0
+"""Seconds between the command's status lines (``--status-interval``)."""
 CAPTURE_BATCH = 1024
 """Captured messages cached before the cache thread sends the next replay slice."""
 
@@ -52,6 +53,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 @dataclass
 class ForwarderConfig:
+    """Where the forwarder binds or connects, whether it answers replays, and its cache bounds."""
+
     frontend: str = FRONTEND
     backend: str = BACKEND
     upstream: str | None = None
