@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated groups: bus,forwarder,training,consumers (the default), truth (the alert truth table, "
-        "real producer runs with injected faults; only when named)",
+        help="comma-separated groups: bus,forwarder,training,consumers (the default), truth (the alert "
+        "truth table, real producer runs with injected faults; only when named)",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = p.parse_args(argv)
