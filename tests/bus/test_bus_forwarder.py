@@ -16,7 +16,7 @@ from testkit.net import free_endpoint
 from testkit.proc import Proc
 from testkit.wait import wait_until
 
-from bus.contract import Envelope, ReplayEnd
+from bus.contract import Envelope, ReplayEnd, TrainingStarted
 from bus.forwarder import Forwarder, ForwarderConfig
 from bus.publish import BusPublisher, PublisherConfig
 from bus.replay import REPLAY_BURST, REPLAY_RATE_PER_S
@@ -382,3 +382,41 @@ def test_two_torchrun_ranks_through_the_forwarder_then_a_late_joiner(forwarders,
         assert {"training_started", "ppo_update", "training_finished"} <= kinds
         (started,) = [e.event for e in history if e.event.__struct_config__.tag == "training_started"]
         assert (started.rank, started.world_size) == (end.rank, 2)
+
+
+def test_subscribers_see_both_ranks_whole_and_a_late_one_gets_both_histories(
+    forwarders, ranks, make_subscriber
+) -> None:
+    fw = forwarders()
+    pubs = [ranks(fw.frontend_endpoint, r) for r in (0, 1)]
+    for pub in pubs:
+        assert pub.wait_for_subscriber(10)
+        publish_updates(pub, 30)  # history before any consumer
+    assert wait_until(lambda: fw.caches.last_seqs(RUN) == {0: 31, 1: 31}, 10)
+
+    def follow(sub: Any, got: list[Any], last: int) -> None:
+        assert wait_until(
+            lambda: {(e.rank, e.seq) for e in got} >= {(0, last), (1, last)},
+            10,
+            lambda: got.extend(sub.receive(0.05)),
+        )
+
+    first, first_got = make_subscriber(fw.backend_endpoint), []
+    follow(first, first_got, 31)
+    for pub in pubs:
+        for i in range(31, 61):
+            pub.publish(ppo_update(i))
+    follow(first, first_got, 61)
+    late, late_got = make_subscriber(fw.backend_endpoint), []
+    follow(late, late_got, 61)
+    for sub, got in ((first, first_got), (late, late_got)):
+        assert all(isinstance(e, Envelope) for e in got)  # no Gap items
+        assert sub.feed.stats.gaps == 0 and sub.feed.stats.sync_timeouts == 0
+        for rank in (0, 1):
+            seqs = [
+                e.seq for e in got if e.rank == rank and e.seq > 0
+            ]  # seq 0: the start heartbeat, if caught
+            started = [e.event for e in got if e.rank == rank and e.seq == 1]
+            assert isinstance(started[0], TrainingStarted) and started[0].rank == rank
+            # History is the cache's (ppo_update depth 256 holds all 60 here), then contiguous live.
+            assert seqs == list(range(1, 62)), (rank, seqs)
