@@ -269,7 +269,7 @@ def many_ranks(ranks: int = 64, updates: int = 50, period: float = 0.1) -> list[
     zctx.term()
     fw.close()
     how = (
-        f"{ranks} plain PUB ranks, {updates} updates each (ppo_update + batch_completed every {period:g} s) "
+        f"{ranks} plain XPUB ranks, {updates} updates each (ppo_update + batch_completed every {period:g} s) "
         f"into the forwarder (own process); {complete}/{ranks} ranks arrived whole and in seq order"
     )
     return [
