@@ -16,15 +16,18 @@ EXPORT ?= 127.0.0.1:9464
 NPROC ?= 1
 RUN ?=
 SPEED ?= 1
+# make bus: where the ranks' publishers connect (the producer's --connect default).
+FRONTEND ?= tcp://127.0.0.1:5556
 
 .DEFAULT_GOAL := help
-.PHONY: help install train tui web export archive alerts replay bench gpu-check test lint clean
+.PHONY: help install train bus tui web export archive alerts replay bench gpu-check test lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
-	@echo "  Variables: ARGS=\"...\" (flags for train/tui/web/export/archive/alerts/replay), ENDPOINT=$(ENDPOINT),"
-	@echo "             WEB=$(WEB), EXPORT=$(EXPORT), OUT=$(OUT), TORCH=$(TORCH)"
+	@echo "  Variables: ARGS=\"...\" (flags for train/bus/tui/web/export/archive/alerts/replay),"
+	@echo "             ENDPOINT=$(ENDPOINT), WEB=$(WEB), EXPORT=$(EXPORT), OUT=$(OUT), TORCH=$(TORCH)"
 	@echo "             NPROC=$(NPROC) (train: NPROC>1 runs torchrun, its ranks publish through make bus)"
+	@echo "             FRONTEND=$(FRONTEND) (bus: where ranks connect; consumers use ENDPOINT)"
 	@echo "             RUN=runs/<run_id> (replay, tui), SPEED=$(SPEED) (replay: times the recorded pace, or max)"
 
 $(VENV)/.installed: pyproject.toml
@@ -43,6 +46,9 @@ ifeq ($(filter-out 1,$(NPROC)),)
 else
 	$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m producer $(ARGS)
 endif
+
+bus: $(VENV)/.installed ## The forwarder: ranks connect on FRONTEND, consumers on ENDPOINT (flags: ARGS="--upstream ...")
+	$(BIN)/python -m bus.forwarder --frontend $(FRONTEND) --backend $(ENDPOINT) $(ARGS)
 
 tui: $(VENV)/.installed ## Watch a run: the live dashboard (ENDPOINT=tcp://host:port), or browse RUN=runs/<id>
 	$(BIN)/python -m consumers.tui $(if $(RUN),--run $(RUN),--endpoint $(ENDPOINT)) $(ARGS)

@@ -19,15 +19,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated groups (bus,training,consumers: the default) or group/name rows; truth (the "
-        "alert truth table, real producer runs with injected faults) runs only when named",
+        help="comma-separated groups (bus,forwarder,training,consumers: the default) or group/name rows; "
+        "truth (the alert truth table, real producer runs with injected faults) runs only when named",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = p.parse_args(argv)
     q = args.quick
-    groups = set(args.only.split(",")) if args.only else {"bus", "training", "consumers"}
+    groups = set(args.only.split(",")) if args.only else {"bus", "forwarder", "training", "consumers"}
 
-    from bench import bus_figures, consumer_figures, replay_figures, storm, training_figures, truth
+    from bench import (
+        bus_figures,
+        consumer_figures,
+        forwarder_figures,
+        replay_figures,
+        storm,
+        training_figures,
+        truth,
+    )
 
     steps: list[tuple[str, str, Callable[[], Figure | list[Figure]]]] = [
         ("bus", "throughput", lambda: bus_figures.throughput(20_000 if q else 200_000)),
@@ -35,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         ("bus", "fold", lambda: bus_figures.fold_rate(50_000 if q else 500_000)),
         ("bus", "memory", lambda: bus_figures.consumer_memory(100_000 if q else 1_000_000)),
         ("bus", "replay storm", lambda: storm.replay_storm(10 if q else 20)),
+        ("forwarder", "throughput", lambda: forwarder_figures.throughput(20_000 if q else 200_000)),
+        ("forwarder", "latency", lambda: forwarder_figures.latency(1000, 1 if q else 5)),
+        ("forwarder", "64 ranks", lambda: forwarder_figures.many_ranks(64, 10 if q else 50)),
         ("training", "overhead", lambda: training_figures.overhead(10 if q else 30, 1 if q else 2)),
         (
             "training",

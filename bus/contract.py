@@ -285,6 +285,9 @@ class ReplayEnd(msgspec.Struct, kw_only=True, gc=False):
     count: int
     rank: int = 0
     """The rank whose replay this ends (each rank's publisher replays its own history)."""
+    ranks: int = 1
+    """How many ReplayEnd frames make up this replay: one per (run, rank) replayed, each naming its
+    ``rank`` and ``last_seq``. A forwarder replays every rank of a run; a direct publisher sends 1."""
 
 
 def topic_of(event: Event) -> str:

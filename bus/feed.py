@@ -170,8 +170,9 @@ class Feed:
         return []
 
     def on_replay_end(self, token: str, end: ReplayEnd, now: float) -> list[Item]:
-        """The marker closing one rank's replay burst; once every rank heard in this sync has
-        closed its burst, merge what was replayed with what was held."""
+        """The marker closing one rank's replay burst; when the replay is complete, merge what was
+        replayed with what was held. A forwarder's replay is complete at ``end.ranks`` ends (one per
+        rank it replays); a publisher's once every rank heard in this sync has closed its burst."""
         if token != self.token or not self.syncing:
             return []
         self.stats.replays += 1
@@ -179,10 +180,14 @@ class Feed:
             return []
         self._ends.pop(end.rank, None)
         self._ends[end.rank] = end  # newest last: the newest end names the run
-        heard = {e.rank for e in (*self._replay, *self._held) if e.run_id == end.run_id}
-        if heard <= self._ends.keys():
-            return self._finish(now)
-        return []  # other ranks' replays are still on their way (or refused: the deadline ends the wait)
+        if end.ranks > 1:
+            # Ranks whose history comes later in the burst are not heard yet: count the ends instead.
+            done = len(self._ends) >= end.ranks
+        else:
+            heard = {e.rank for e in (*self._replay, *self._held) if e.run_id == end.run_id}
+            done = heard <= self._ends.keys()
+        # Not done: other ranks' replays are still on their way (or refused: the deadline ends the wait).
+        return self._finish(now) if done else []
 
     def poll(self, now: float) -> list[Item]:
         """Call periodically: ends a sync some publisher never answered."""

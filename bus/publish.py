@@ -102,7 +102,8 @@ class PublisherConfig:
 
     endpoint: str = field(default_factory=default_endpoint)
     connect: bool = False
-    """Connect to ``endpoint`` (a forwarder's XSUB frontend, any host) instead of binding it."""
+    """Connect to ``endpoint`` (a forwarder's XSUB frontend, any host) instead of binding it.
+    A connected publisher serves no replays: the forwarder answers them from its cache for every rank."""
     heartbeat_period_s: float = 1.0
     """0: send no heartbeats of its own (a replay sends the recorded ones)."""
     queue_limit: int = 10_000
@@ -414,7 +415,8 @@ class BusPublisher:
                 self.stats.sent += 1
             else:
                 self.stats.dropped_send += 1
-        self.cache.add(seq, topic, body)
+        if not self.config.connect:  # connected: the forwarder caches and replays
+            self.cache.add(seq, topic, body)
 
     def _send_when_room(self, sock: zmq.Socket, topic: bytes, body: bytes) -> bool:
         """Wait for the slowest subscriber to take a message, answering subscriptions meanwhile.
@@ -461,7 +463,11 @@ class BusPublisher:
                 sock.setsockopt(option, topic)
                 if option == zmq.SUBSCRIBE:
                     self._subscribed.set()
-            elif topic.startswith(_REPLAY_PREFIX) and len(topic) <= _MAX_REPLAY_TOPIC:
+            elif (
+                topic.startswith(_REPLAY_PREFIX)
+                and len(topic) <= _MAX_REPLAY_TOPIC
+                and not self.config.connect
+            ):
                 if option == zmq.UNSUBSCRIBE:
                     sock.setsockopt(option, topic)
                     continue

@@ -344,3 +344,57 @@ def test_skipped_messages_hold_their_rank_s_place() -> None:
     feed.push_live(out, Skipped("run-a", 1, 0.0, "newer_event", rank=1), 1.0)
     feed.push_live(out, envelope(2, rank=1), 1.0)
     assert [(e.rank, e.seq) for e in out] == [(1, 0), (1, 2)] and feed.stats.gaps == 0
+
+
+# -- a forwarder's replay: one ReplayEnd per rank, each saying how many ------------------------------
+
+
+def forwarder_end(rank: int, last_seq: int, count: int, ranks: int = 2) -> ReplayEnd:
+    return ReplayEnd(replay_end=True, run_id="run-a", last_seq=last_seq, count=count, rank=rank, ranks=ranks)
+
+
+def test_a_forwarder_replay_completes_at_its_last_rank_s_end_not_at_the_first() -> None:
+    feed = Feed()
+    token = feed.token
+    for s in range(3):  # rank by rank, as a forwarder sends them: rank 1 is not heard yet
+        feed.on_replay(token, envelope(s, rank=0), 0.0)
+    assert feed.on_replay_end(token, forwarder_end(0, 2, 3), 0.0) == []
+    assert feed.syncing
+    for s in range(2):
+        feed.on_replay(token, envelope(s, rank=1), 0.0)
+    out = feed.on_replay_end(token, forwarder_end(1, 1, 2), 0.0)
+    assert sorted((e.rank, e.seq) for e in out if isinstance(e, Envelope)) == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (1, 1),
+    ]
+    assert not feed.syncing and gaps(out) == [] and feed.last_seqs == {0: 2, 1: 1}
+
+
+def test_a_forwarder_replay_ends_even_for_a_rank_heard_only_live() -> None:
+    feed = Feed()
+    token = feed.token
+    feed.on_live(envelope(9, rank=5), 0.0)  # a rank the forwarder had not cached yet when it answered
+    feed.on_replay(token, envelope(0, rank=0), 0.0)
+    feed.on_replay_end(token, forwarder_end(0, 0, 1), 0.0)
+    feed.on_replay(token, envelope(0, rank=1), 0.0)
+    out = feed.on_replay_end(token, forwarder_end(1, 0, 1), 0.0)  # rank 5 has no end: not waited for
+    assert not feed.syncing and feed.last_seqs == {0: 0, 1: 0, 5: 9}
+    assert sorted((e.rank, e.seq) for e in out if isinstance(e, Envelope)) == [(0, 0), (1, 0), (5, 9)]
+
+
+def test_ends_of_an_abandoned_replay_do_not_count_towards_the_next() -> None:
+    feed = Feed()
+    first_token = feed.token
+    feed.on_live(envelope(1), 0.0)
+    feed.on_replay(first_token, envelope(0), 0.0)
+    assert feed.on_replay_end(first_token, forwarder_end(0, 1, 1), 0.1) == []  # rank 1's end never comes
+    assert seqs(feed.poll(0.6)) == [0, 1]
+    feed.on_live(envelope(5), 2.0)  # a hole: a resync under a fresh token
+    assert feed.syncing and feed.token != first_token
+    assert feed.on_replay_end(feed.token, forwarder_end(0, 5, 0), 2.1) == []  # one of two: still waiting
+    assert feed.syncing
+    feed.on_replay_end(feed.token, forwarder_end(1, 5, 0), 2.2)
+    assert not feed.syncing
