@@ -53,7 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="drop a finished or stale rank's series after S seconds of silence (default: %(default)g)",
     )
-    p.add_argument("--markdown", action="store_true", help="print the table of exposed metrics and exit")
+    p.add_argument(
+        "--markdown",
+        nargs="?",
+        const="derived",
+        choices=("derived", "all"),
+        help="print the table of the metrics that are not one contract field's gauge (all: every one); exit",
+    )
     p.add_argument(
         "--alert-rules",
         nargs="?",
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         from consumers.exporter.families import markdown
 
-        sys.stdout.write(markdown())
+        sys.stdout.write(markdown(every=args.markdown == "all"))
         return 0
     if args.alert_rules is not None:
         if not args.update_seconds > 0:

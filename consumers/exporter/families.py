@@ -254,13 +254,23 @@ def build(metrics: Iterable[AlertMetric] = METRICS.values()) -> list[Family]:
 FAMILIES: list[Family] = build()
 
 
-def markdown() -> str:
-    """The table of every exposed metric (docs/exporter.md embeds it verbatim)."""
+def from_contract_field(family: Family) -> bool:
+    """A gauge of one contract field, named by the naming rule (docs/metrics.md defines the field)."""
+    event, _, name = family.source.partition(".")
+    return any(e.__struct_config__.tag == event for e in EXPORTED_EVENTS) and "." not in name
+
+
+def markdown(every: bool = False) -> str:
+    """The table of the exposed metrics that are not one contract field's gauge (docs/exporter.md embeds it
+    verbatim), or of every exposed metric with ``every``: the field gauges follow mechanically from the
+    contract, so a new field needs no edit here."""
     lines = [
         "| metric | type | labels | wire unit → exposed | from | meaning |",
         "|--------|------|--------|---------------------|------|---------|",
     ]
     for f in FAMILIES:
+        if not every and from_contract_field(f):
+            continue
         exposed = unit(f.unit).suffix
         conv = f"{f.unit} → {exposed} (×{f.scale:g})" if f.scale != 1 else f.unit
         labels = ", ".join(f"`{label}`" for label in (*LABELS, *f.labels))
