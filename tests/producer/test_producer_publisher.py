@@ -147,7 +147,7 @@ def test_wait_for_subscriber_gives_up_when_stopped() -> None:
 
 def test_run_publishes_started_batches_updates_and_finished(tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
-    cfg = TrainConfig(updates=3, diagnostics_every=2, summary_json=str(summary), **SMALL)
+    cfg = TrainConfig(updates=3, diagnostics_every=2, noise_warmup=1, summary_json=str(summary), **SMALL)
     tm = RecordingTelemetry()
     err = io.StringIO()
     assert run(cfg, tm, StopFlag(), err) == 0
