@@ -22,6 +22,7 @@ from testkit.events import (
 )
 
 from bus.contract import Envelope, Event
+from consumers.alerts.engine import Notification
 
 MEASURED = ("gradient_cv", "cuda_memory_fragmentation")
 
@@ -125,3 +126,26 @@ class Stream:
 
     def finished(self) -> Envelope:
         return self.env(training_finished(updates=self.update, env_steps=self.update * 512))
+
+
+def notification(status: str = "firing", **fields: Any) -> Notification:
+    """A KL alert's notification (firing, or resolved with its reason); ``fields`` replace any value."""
+    base: dict[str, Any] = dict(
+        status=status,
+        rule="kl_divergence_high",
+        severity="warning",
+        run_id="r1",
+        metric="kl_divergence",
+        value=0.08,
+        op=">",
+        fire=0.05,
+        clear=0.03,
+        expression="kl_divergence > 0.05",
+        summary="KL 0.080",
+        update=22,
+        step=22,
+        active_since=1.7e9,
+        at=1.7e9 + 1,
+        reason="" if status == "firing" else "condition cleared",
+    )
+    return Notification(**(base | fields))

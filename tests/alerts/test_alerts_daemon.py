@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alerts_stream import Stream
+from alerts_stream import Stream, notification
 from testkit.proc import Proc
 
 from bus.publish import BusPublisher, PublisherConfig
-from consumers.alerts.engine import Notification
 from consumers.alerts.notify import ExecHook, format_json, format_line
 
 SUBSCRIBE_TIMEOUT_S = 30.0
@@ -120,33 +119,12 @@ def test_a_hung_hook_never_stalls_the_daemon(tmp_path: Path) -> None:
     assert any("--exec hooks unfinished" in line for line in daemon.stderr), daemon.describe()
 
 
-def note(status: str = "firing") -> Notification:
-    return Notification(
-        status=status,
-        rule="kl_divergence_high",
-        severity="warning",
-        run_id="r1",
-        metric="kl_divergence",
-        value=0.08,
-        op=">",
-        fire=0.05,
-        clear=0.03,
-        expression="kl_divergence > 0.05",
-        summary="KL 0.080",
-        update=22,
-        step=22,
-        active_since=1.7e9,
-        at=1.7e9 + 1,
-        reason="" if status == "firing" else "condition cleared",
-    )
-
-
 def test_the_hook_gets_the_alert_as_json_on_stdin_and_in_its_environment(tmp_path: Path) -> None:
     out = tmp_path / "out"
     hook = ExecHook(f"cat > '{out}'.json; echo \"$TAMIYO_ALERT_STATUS $TAMIYO_ALERT_RULE\" > '{out}'.env")
-    hook(note())
+    hook(notification())
     hook.close(grace=30)
-    assert json.loads(Path(f"{out}.json").read_text()) == json.loads(format_json(note()))
+    assert json.loads(Path(f"{out}.json").read_text()) == json.loads(format_json(notification()))
     assert Path(f"{out}.env").read_text().strip() == "firing kl_divergence_high"
     assert (hook.ran, hook.failed) == (1, 0)
 
@@ -154,10 +132,10 @@ def test_the_hook_gets_the_alert_as_json_on_stdin_and_in_its_environment(tmp_pat
 def test_a_failing_or_overdue_hook_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)
     failing = ExecHook("echo 'no route to slack' >&2; exit 3")
-    failing(note())
+    failing(notification())
     failing.close(grace=30)
     overdue = ExecHook("sleep 30", timeout=0.2)
-    overdue(note())
+    overdue(notification())
     overdue.close(grace=30)
     assert failing.failed == 1 and overdue.failed == 1
     text = caplog.text
@@ -166,8 +144,8 @@ def test_a_failing_or_overdue_hook_is_logged(caplog: pytest.LogCaptureFixture) -
 
 
 def test_the_text_line_says_what_changed() -> None:
-    firing = format_line(note())
+    firing = format_line(notification())
     assert " FIRING   kl_divergence_high [warning] run r1 update 22: kl_divergence=0.08 " in firing
     assert "(kl_divergence > 0.05)" in firing and "KL 0.080" in firing
-    resolved = format_line(note("resolved"))
+    resolved = format_line(notification("resolved"))
     assert " RESOLVED kl_divergence_high " in resolved and "(kl_divergence <= 0.03; firing since" in resolved

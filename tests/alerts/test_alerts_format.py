@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from alerts_stream import notification
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from testkit.events import envelope, training_started
@@ -12,36 +13,13 @@ from testkit.hostile import hostile_floats, wire_text
 
 from bus.text import printable
 from consumers.alerts.daemon import AlertDaemon
-from consumers.alerts.engine import FIRING, RESOLVED, Notification
+from consumers.alerts.engine import FIRING, RESOLVED
 from consumers.alerts.notify import format_line
 from consumers.alerts.rules import OPS
 
 
-def _note(**fields: object) -> Notification:
-    base: dict[str, object] = dict(
-        status=FIRING,
-        rule="kl_divergence_high",
-        severity="warning",
-        run_id="r1",
-        metric="kl_divergence",
-        value=0.08,
-        op=">",
-        fire=0.05,
-        clear=0.03,
-        expression="kl_divergence > 0.05",
-        summary="KL 0.080",
-        update=22,
-        step=22,
-        active_since=1.7e9,
-        at=1.7e9 + 1,
-        reason="",
-    )
-    base.update(fields)
-    return Notification(**base)  # type: ignore[arg-type]
-
-
 def test_terminal_escapes_in_a_run_id_and_summary_are_written_out():
-    line = format_line(_note(run_id="r\x1b[2J\x1b]0;owned\x07", summary="ok\nFAKE LINE \x1b[31m"))
+    line = format_line(notification(run_id="r\x1b[2J\x1b]0;owned\x07", summary="ok\nFAKE LINE \x1b[31m"))
     assert "\x1b" not in line and "\n" not in line and "\x07" not in line
     assert "run r\\x1b[2J\\x1b]0;owned\\x07 update 22" in line
     assert line.endswith("- ok\\nFAKE LINE \\x1b[31m")
@@ -58,7 +36,7 @@ def test_terminal_escapes_in_a_run_id_and_summary_are_written_out():
 def test_any_values_give_one_printable_line(status, texts, numbers, op, cleared):
     run_id, metric, summary, expression, reason = texts
     value, fire, clear = numbers
-    note = _note(
+    note = notification(
         status=status,
         run_id=run_id,
         metric=metric,

@@ -9,32 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alerts_stream import notification
 
 from consumers.alerts import notify
-from consumers.alerts.engine import Notification
 from consumers.alerts.notify import EXEC_OUTPUT_KEEP, ExecHook, Tail
 
 FLOOD_BYTES = 48 * 1024 * 1024
-
-
-def note(status: str) -> Notification:
-    return Notification(
-        status=status,
-        rule="kl_divergence_high",
-        severity="warning",
-        run_id="r1",
-        metric="kl_divergence",
-        value=0.08,
-        op=">",
-        fire=0.05,
-        clear=0.03,
-        expression="kl_divergence > 0.05",
-        summary="",
-        update=22,
-        step=22,
-        active_since=1.7e9,
-        at=1.7e9 + 1,
-    )
 
 
 def test_a_tail_keeps_exactly_the_last_bytes() -> None:
@@ -50,7 +30,7 @@ def test_a_hook_flooding_its_output_keeps_only_the_tail(caplog: pytest.LogCaptur
     hook = ExecHook(f"head -c {FLOOD_BYTES} /dev/zero >&2; echo 'last words' >&2; exit 4")
     tracemalloc.start()
     try:
-        hook(note("firing"))
+        hook(notification("firing", summary="", reason=""))
         hook.close(grace=120)
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -67,8 +47,8 @@ def test_a_hook_flooding_its_output_keeps_only_the_tail(caplog: pytest.LogCaptur
 def test_a_failing_hook_does_not_stop_the_next(tmp_path: Path) -> None:
     out = tmp_path / "out"
     hook = ExecHook(f'read -r line; case "$line" in *\'"firing"\'*) exit 3;; esac; echo "$line" > \'{out}\'')
-    hook(note("firing"))
-    hook(note("resolved"))
+    hook(notification("firing", summary="", reason=""))
+    hook(notification("resolved", summary="", reason=""))
     hook.close(grace=60)
     assert (hook.ran, hook.failed) == (2, 1)
     assert '"status":"resolved"' in out.read_text()
@@ -79,8 +59,8 @@ def test_a_hung_hook_is_killed_and_the_next_runs(tmp_path: Path) -> None:
     hook = ExecHook(
         f"read -r line; case \"$line\" in *'\"firing\"'*) sleep 60;; esac; echo done > '{out}'", timeout=0.5
     )
-    hook(note("firing"))
-    hook(note("resolved"))
+    hook(notification("firing", summary="", reason=""))
+    hook(notification("resolved", summary="", reason=""))
     hook.close(grace=60)
     assert (hook.ran, hook.failed) == (1, 1)
     assert out.read_text() == "done\n"
@@ -102,8 +82,8 @@ def test_the_hook_thread_survives_any_exception(
     monkeypatch.setattr(notify.subprocess, "Popen", popen)
     caplog.set_level(logging.ERROR)
     hook = ExecHook(f"cat > '{out}'")
-    hook(note("firing"))
-    hook(note("resolved"))
+    hook(notification("firing", summary="", reason=""))
+    hook(notification("resolved", summary="", reason=""))
     hook.close(grace=60)
     assert (hook.ran, hook.failed) == (1, 1)
     assert '"status":"resolved"' in out.read_text()
@@ -113,6 +93,6 @@ def test_the_hook_thread_survives_any_exception(
 def test_a_hook_that_ignores_its_stdin_is_fine() -> None:
     hook = ExecHook("exit 0")
     for _ in range(3):
-        hook(note("firing"))
+        hook(notification("firing", summary="", reason=""))
     hook.close(grace=60)
     assert (hook.ran, hook.failed) == (3, 0)
