@@ -20,7 +20,7 @@ SPEED ?= 1
 FRONTEND ?= tcp://127.0.0.1:5556
 
 .DEFAULT_GOAL := help
-.PHONY: help install train bus tui web export archive alerts replay bench gpu-check test lint clean
+.PHONY: help install _install train bus tui web export archive alerts replay bench gpu-check test lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -30,13 +30,21 @@ help: ## List the targets
 	@echo "             FRONTEND=$(FRONTEND) (bus: where ranks connect; consumers use ENDPOINT)"
 	@echo "             RUN=runs/<run_id> (replay, tui), SPEED=$(SPEED) (replay: times the recorded pace, or max)"
 
+# `make bus`, `make train` and `make tui` started together in three terminals each find the install
+# missing: one installs under the lock, the others wait for it and then find it done.
 $(VENV)/.installed: pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "Python 3.11+ is needed (got $$($(BIN)/python -V)); set PYTHON=python3.11"; exit 1; }
-	@$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,web,prometheus]"
-	@touch $@
+	@flock $(VENV).lock $(MAKE) --no-print-directory _install
+
+_install:
+	@if [ -f $(VENV)/.installed ] && [ $(VENV)/.installed -nt pyproject.toml ]; then exit 0; fi; \
+	set -e; \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11+ is needed (got $$($(BIN)/python -V)); set PYTHON=python3.11"; exit 1; }; \
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"; \
+	echo '$(BIN)/pip install --quiet -e ".[dev,web,prometheus]"'; \
+	$(BIN)/pip install --quiet -e ".[dev,web,prometheus]"; \
+	touch $(VENV)/.installed
 
 install: $(VENV)/.installed ## Create .venv and install everything (done by the other targets on first use)
 

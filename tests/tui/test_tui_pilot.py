@@ -86,14 +86,14 @@ async def test_gradient_flow_footer_and_directional_clip(make_app):
     async with app.run_test(size=(120, 40)) as pilot:
         app.ingest(healthy_run(run, 12))
         text = await settle(app, pilot)
-    assert "Flow: CV:0.42 stable" in text
+    assert "Flow: CV:0.42 ok" in text
     assert "Dead:0/14  Exploding:0/14" in text
     assert "Clip:↑10%/↓5%" in text
     assert "(↑10% ↓5%)" in text  # after the clip fraction in the PPO panel
 
 
 @pytest.mark.parametrize(
-    ("cv", "word"), [(0.3, "stable"), (0.5, "warn"), (1.9, "warn"), (2.0, "BAD"), (7.5, "BAD")]
+    ("cv", "word"), [(0.3, "ok"), (1.9, "ok"), (2.0, "noisy"), (3.9, "noisy"), (4.0, "BAD"), (7.5, "BAD")]
 )
 @async_test
 async def test_gradient_cv_words(make_app, cv, word):
@@ -119,7 +119,7 @@ async def test_footer_fits_80x24(make_app):
     for needle in (
         "TAMIYO [compiled]",
         "[Mem:12%] (0u ago)",
-        "CV:0.42 stable (0u ago)",
+        "CV:0.42 ok (0u ago)",
         "Dead:0/14  Exploding:0/14",
     ):
         assert needle in text
@@ -356,7 +356,7 @@ async def test_help_lists_keys_and_thresholds(make_app):
             "pause",
             "reset",
             "KL: warn > 0.03, fail > 0.1",
-            "gradient CV: warn ≥ 0.5",
+            "gradient CV: warn ≥ 2",
         ):
             assert needle in text
         await pilot.press("escape")
@@ -399,7 +399,7 @@ async def test_resizing_shows_the_detail_panels_when_tall_enough(make_app):
         await pilot.resize_terminal(160, 48)
         text = await settle(app, pilot)
         assert "Rollout" in text and "Delivery" in text and "Config" in text
-        assert "Flow: CV:0.42 stable (9u ago)   Dead:0/14  Exploding:0/14   Clip:↑10%/↓5%" in text  # one line
+        assert "Flow: CV:0.42 ok (9u ago)   Dead:0/14  Exploding:0/14   Clip:↑10%/↓5%" in text  # one line
 
 
 @async_test

@@ -17,7 +17,7 @@ from consumers.tui.widgets.panel import Lines, Panel
 from consumers.tui.widgets.render import bar, fixed, fmt, pack_lines, pct, shown, styled
 
 GLYPHS = {Level.NONE: "·", Level.OK: "✓", Level.WARN: "!", Level.FAIL: "✗"}
-CV_WORDS = {Level.OK: "stable", Level.WARN: "warn", Level.FAIL: "BAD"}
+CV_WORDS = {Level.OK: "ok", Level.WARN: "noisy", Level.FAIL: "BAD"}
 MIN_BAR = 3
 MAX_BAR = 24
 HEADS_SHOWN = 32
@@ -38,7 +38,7 @@ def head_level(fraction: float | None, grad_norm: float | None) -> Level:
 
 
 def flow_footer(view: View) -> list[Content]:
-    """`Flow: CV:0.42 stable`, `Dead:d/N  Exploding:e/N` (N = total_layers), `Clip:↑10%/↓5%`."""
+    """`Flow: CV:0.42 ok`, `Dead:d/N  Exploding:e/N` (N = total_layers), `Clip:↑10%/↓5%`."""
     p = view.palette
     t = view.snapshot.tamiyo
     gq = t.gradient_quality
