@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         ("forwarder", "throughput", lambda: forwarder_figures.throughput(20_000 if q else 200_000)),
         ("forwarder", "latency", lambda: forwarder_figures.latency(1000, 1 if q else 5)),
         ("forwarder", "64 ranks", lambda: forwarder_figures.many_ranks(64, 10 if q else 50)),
+        (
+            "forwarder",
+            "dashboard 64 ranks",
+            lambda: forwarder_figures.dashboard_64_ranks(64, 12 if q else 40),
+        ),
         ("training", "overhead", lambda: training_figures.overhead(10 if q else 30, 1 if q else 2)),
         (
             "training",

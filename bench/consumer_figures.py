@@ -118,6 +118,7 @@ def _tui_under_load(endpoint: str, seconds: float, conn) -> None:
             "fps": (f1 - f0) / (w1 - w0),
             "folded_rate": folded / (w1 - w0),
             "missed": delivery.missed,
+            "stragglers": {r: (rs.straggler.score, rs.straggler.flagged) for r, rs in state.ranks.items()},
         }
 
     conn.send(asyncio.run(run()))

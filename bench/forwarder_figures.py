@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import random
 import time
 
+import msgspec
 import zmq
 
 from bench import bus_figures
 from bench.bus_figures import HWM, _consume_bus, _spawn
-from bench.events import batch_completed, ppo_update
+from bench.consumer_figures import _tui_under_load
+from bench.events import batch_completed, heartbeat, ppo_update
 from bench.report import Figure, at_least, at_most
 from bus.contract import SCHEMA_VERSION, Envelope, PPOUpdate, TrainingStarted
 from bus.forwarder import Forwarder, ForwarderConfig
 from bus.publish import BusPublisher, PublisherConfig
+from bus.straggler import STRAGGLER_FLAG
 from bus.wire import decode, decode_replay_end, encode
 
 ANY = "tcp://127.0.0.1:*"
 CONSUMER_SUBSCRIPTIONS = 27
 """Subscription frames a Subscriber sends: 26 live prefixes and its replay topic."""
+COMPUTE_MS = 80.0
+"""A simulated rank's mean forward+backward time per update (5% spread between updates)."""
+SLOW_FACTOR = 1.6
+"""The simulated straggler's compute time against the other ranks'."""
 
 
 def _serve_forwarder(conn) -> None:  # type: ignore[no-untyped-def]
@@ -157,8 +165,14 @@ def latency(rate_hz: float, seconds: float) -> list[Figure]:
     ]
 
 
-def _ranks(frontend: str, ranks: int, updates: int, period: float, conn) -> None:  # type: ignore[no-untyped-def]
-    """``ranks`` lightweight publishers speaking the contract: plain XPUB sockets, one seq per rank."""
+def _ranks(  # type: ignore[no-untyped-def]
+    frontend: str, ranks: int, updates: int, period: float, conn, slow: int = -1, heartbeats: bool = False
+) -> None:
+    """``ranks`` lightweight publishers speaking the contract: plain XPUB sockets, one seq per rank.
+
+    Each update every rank sends a ppo_update whose ``compute_time_ms`` is about ``COMPUTE_MS``
+    (``SLOW_FACTOR`` times that at rank ``slow``), a batch_completed and, with ``heartbeats``, a heartbeat.
+    """
     ctx = zmq.Context()
     socks = []
     for _ in range(ranks):
@@ -211,8 +225,11 @@ def _ranks(frontend: str, ranks: int, updates: int, period: float, conn) -> None
         while (now := time.perf_counter()) < start + u * period:
             time.sleep(min(start + u * period - now, 0.002))
         for rank in range(ranks):
-            send(rank, ppo_update(u, rng))
+            compute = rng.gauss(COMPUTE_MS, COMPUTE_MS * 0.05) * (SLOW_FACTOR if rank == slow else 1.0)
+            send(rank, msgspec.structs.replace(ppo_update(u, rng), compute_time_ms=compute))
             send(rank, batch_completed(u, rng))
+            if heartbeats:
+                send(rank, msgspec.structs.replace(heartbeat(u), period_s=period))
     conn.send(sum(seqs))
     for sock in socks:
         sock.close()
@@ -300,5 +317,72 @@ def many_ranks(ranks: int = 64, updates: int = 50, period: float = 0.1) -> list[
             1.0,
             f"{replayed} messages and {ends} ends in {replay_s * 1e3:.0f} ms, one subscription, one port; "
             f"cache {status.cache_ranks} ranks, {status.cache_messages} msgs",
+        ),
+    ]
+
+
+def dashboard_64_ranks(
+    ranks: int = 64, updates: int = 40, period: float = 0.25, slow: int = 37
+) -> list[Figure]:
+    """The dashboard (own process) fed by ``ranks`` simulated ranks through the forwarder: its CPU, and
+    whether its fold flags rank ``slow`` (compute ``SLOW_FACTOR``× its peers') as the only straggler."""
+    fw = _ForwarderProc()
+    seconds = updates * period
+    ctx = mp.get_context("spawn")
+    tui_conn, tui_child = ctx.Pipe()
+    tui = ctx.Process(target=_tui_under_load, args=(fw.backend, seconds, tui_child), daemon=True)
+    tui.start()
+    assert tui_conn.recv() == "ready"
+    fw.wait_subscriptions(CONSUMER_SUBSCRIPTIONS)
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_ranks, args=(fw.frontend, ranks, updates, period, child, slow, True), daemon=True
+    )
+    proc.start()
+    assert parent.recv() == "ready"
+    fw.reset_cpu()
+    tui_conn.send("go")
+    parent.send("go")
+    sent = parent.recv()
+    load = tui_conn.recv()
+    fw_share = fw.status()[1]
+    proc.join(10)
+    tui.join(10)
+    fw.close()
+    scores = load["stragglers"]
+    flagged = sorted(r for r, (_, f) in scores.items() if f)
+    others = [s for r, (s, _) in scores.items() if r != slow]
+    slow_score = scores.get(slow, (float("nan"), False))[0]
+    rate = sent / seconds
+    how = (
+        f"{ranks} plain XPUB ranks -> forwarder (own process) -> TamiyoApp headless at 160x48, refresh 4/s "
+        f"(own process); each rank every {period:g} s: ppo_update (compute_time_ms ~{COMPUTE_MS:g} ms ±5%, "
+        f"rank {slow} {SLOW_FACTOR:g}×) + batch_completed + heartbeat, {updates} updates, {rate:,.0f} msgs/s"
+    )
+    # The share only counts if the dashboard folded the whole stream from every rank.
+    kept_up = load["folded_rate"] >= 0.95 * rate and not load["missed"] and len(scores) == ranks
+    cpu = at_most(
+        "dashboard_64_ranks_cpu",
+        f"dashboard CPU share of one core at {ranks} ranks through the forwarder",
+        load["cpu_share"],
+        0.5,
+        "",
+        1.0,
+        f"{how}; getrusage over {seconds:g} s; folded {load['folded_rate']:,.0f} ev/s, "
+        f"{load['missed']:,} missed, {load['fps']:.1f} frames/s; ranks seen {len(scores)}; "
+        f"forwarder {fw_share:.2f} of a core",
+    )
+    return [
+        dataclasses.replace(cpu, met=cpu.met and kept_up),
+        Figure(
+            "dashboard_64_ranks_straggler",
+            f"ranks the dashboard flags as stragglers (goal: rank {slow} alone)",
+            float(len(flagged)),
+            1.0,
+            "ranks",
+            f"rank {slow} only",
+            flagged == [slow],
+            f"flagged {flagged}; rank {slow} score {slow_score:.2f}, others max "
+            f"{max(others, default=float('nan')):.2f} (flag at ≥ {STRAGGLER_FLAG:g}); {how}",
         ),
     ]
