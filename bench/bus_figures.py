@@ -145,6 +145,22 @@ def throughput(n: int) -> Figure:
     )
 
 
+def publish_paced(publisher: BusPublisher, n: int, rate_hz: float, rng: random.Random) -> None:
+    """ppo_update 1 .. n-1 at ``rate_hz``, each at its scheduled time (not after the previous one)."""
+    start = time.perf_counter()
+    for i in range(1, n):
+        target = start + i / rate_hz
+        while (now := time.perf_counter()) < target:
+            time.sleep(min(target - now, 0.0005))
+        publisher.publish(ppo_update(i, rng))
+
+
+def latency_percentiles_ms(latencies: list[float]) -> tuple[float, float]:
+    """(p50, p99) in ms of latencies in s, the first tenth (the consumer's sync warm-up) skipped."""
+    lat = sorted(latencies[len(latencies) // 10 :])
+    return lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
+
+
 def latency(rate_hz: float, seconds: float) -> list[Figure]:
     n = int(rate_hz * seconds)
     rng = random.Random(1)
@@ -153,18 +169,11 @@ def latency(rate_hz: float, seconds: float) -> list[Figure]:
     publisher.wait_for_subscriber(10)
     # Let the consumer's replay sync finish so held messages don't count as latency.
     publisher.publish(ppo_update(0, rng))
-    start = time.perf_counter()
-    for i in range(1, n):
-        target = start + i / rate_hz
-        while (now := time.perf_counter()) < target:
-            time.sleep(min(target - now, 0.0005))
-        publisher.publish(ppo_update(i, rng))
+    publish_paced(publisher, n, rate_hz, rng)
     result = conn.recv()
     proc.join(10)
     publisher.close()
-    lat = sorted(result["latencies"][len(result["latencies"]) // 10 :])  # skip the sync warm-up tenth
-    p50 = lat[len(lat) // 2] * 1e3
-    p99 = lat[int(len(lat) * 0.99)] * 1e3
+    p50, p99 = latency_percentiles_ms(result["latencies"])
     how = f"{n} ppo_update at {rate_hz:g}/s, publish() call to applied in the consumer's fold"
     return [
         at_most("latency_p50", "latency p50", p50, 2.0, "ms", 1.0, how),

@@ -132,19 +132,12 @@ def latency(rate_hz: float, seconds: float) -> list[Figure]:
         time.sleep(0.01)
     proc, conn = _spawn(_consume_bus, fw.backend, n, "latency", ())
     fw.wait_subscriptions(CONSUMER_SUBSCRIPTIONS)
-    start = time.perf_counter()
-    for i in range(1, n):
-        target = start + i / rate_hz
-        while (now := time.perf_counter()) < target:
-            time.sleep(min(target - now, 0.0005))
-        publisher.publish(ppo_update(i, rng))
+    bus_figures.publish_paced(publisher, n, rate_hz, rng)
     result = conn.recv()
     proc.join(10)
     publisher.close()
     fw.close()
-    lat = sorted(result["latencies"][len(result["latencies"]) // 10 :])  # skip the sync warm-up tenth
-    p50 = lat[len(lat) // 2] * 1e3
-    p99 = lat[int(len(lat) * 0.99)] * 1e3
+    p50, p99 = bus_figures.latency_percentiles_ms(result["latencies"])
     direct = {f.key: f.value for f in bus_figures.latency(rate_hz, seconds)}
     how = (
         f"{n} ppo_update at {rate_hz:g}/s, publish() to applied in the consumer's fold, via the forwarder "
