@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import socket
@@ -17,6 +18,15 @@ class EndpointError(ValueError):
 def default_endpoint() -> str:
     """``$TAMIYO_ENDPOINT`` when set, else ``tcp://127.0.0.1:5555``."""
     return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+
+
+def add_endpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """A consumer's ``--endpoint``: where the trainer (or a forwarder) publishes."""
+    parser.add_argument(
+        "--endpoint",
+        default=default_endpoint(),
+        help=f"where the trainer publishes (default: ${ENDPOINT_ENV} or {DEFAULT_ENDPOINT})",
+    )
 
 
 def host_of(endpoint: str) -> str:

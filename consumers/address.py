@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 from typing import NamedTuple
 
@@ -42,3 +43,15 @@ def parse_address(text: str, example: str) -> Address:
     except (socket.gaierror, UnicodeError) as exc:
         raise AddressError(f"{text!r}: cannot resolve host {host!r} ({exc})") from None
     return Address(host, int(port))
+
+
+def add_serving_arguments(parser: argparse.ArgumentParser, default: str, unauthenticated: str) -> None:
+    """``--address`` (default ``default``) and ``--allow-remote``, whose help names what has no
+    authentication (``unauthenticated``, e.g. "the page")."""
+    parser.add_argument("--address", default=default, help=f"HOST:PORT to serve on (default {default})")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help=f"allow an address beyond loopback; {unauthenticated} has no authentication "
+        "(prefer an SSH tunnel)",
+    )

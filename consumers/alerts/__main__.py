@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import EndpointError, check_endpoint, default_endpoint
+from bus.endpoint import EndpointError, add_endpoint_argument, check_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import Subscriber, SubscriberConfig
 from consumers.alerts.backtest import EXIT_BAD_INPUT as EXIT_BAD_BACKTEST
@@ -30,9 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Alert on a Tamiyo training run: rules over the aggregated telemetry, "
         "firing and resolved notifications.",
     )
-    p.add_argument(
-        "--endpoint", default=default_endpoint(), help="publisher to connect to (default: %(default)s)"
-    )
+    add_endpoint_argument(p)
     p.add_argument("--rules", type=Path, metavar="FILE", help="rule file (TOML); default: the built-in rules")
     p.add_argument(
         "--check-config",

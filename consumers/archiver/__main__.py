@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import EndpointError, check_endpoint, default_endpoint
+from bus.endpoint import EndpointError, add_endpoint_argument, check_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import Subscriber, SubscriberConfig
 from consumers.archiver.archiver import FLUSH_INTERVAL_S, Archiver
@@ -25,9 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m consumers.archiver",
         description="Record Tamiyo telemetry to CSV: one directory per run, one file per event type.",
     )
-    p.add_argument(
-        "--endpoint", default=default_endpoint(), help="publisher to connect to (default: %(default)s)"
-    )
+    add_endpoint_argument(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="output directory (default: %(default)s)")
     p.add_argument(
         "--flush-interval",

@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from bus.endpoint import EndpointError, check_endpoint, default_endpoint
+from bus.endpoint import EndpointError, add_endpoint_argument, check_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
-from consumers.address import AddressError, parse_address
+from consumers.address import AddressError, add_serving_arguments, parse_address
 from consumers.runtime import StopSignal, run_loop, setup_logging
 
 log = logging.getLogger("consumers.exporter")
@@ -33,19 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m consumers.exporter",
         description="Prometheus exporter: every catalogue metric per run and rank on http://ADDRESS/metrics.",
     )
-    p.add_argument(
-        "--endpoint",
-        default=default_endpoint(),
-        help="where the trainer publishes (default: $TAMIYO_ENDPOINT or tcp://127.0.0.1:5555)",
-    )
-    p.add_argument(
-        "--address", default=DEFAULT_ADDRESS, help=f"HOST:PORT to serve on (default {DEFAULT_ADDRESS})"
-    )
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow an address beyond loopback; /metrics has no authentication",
-    )
+    add_endpoint_argument(p)
+    add_serving_arguments(p, DEFAULT_ADDRESS, "/metrics")
     p.add_argument(
         "--expire-after",
         type=float,

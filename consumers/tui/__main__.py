@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bus.endpoint import EndpointError, check_endpoint, default_endpoint
+from bus.endpoint import EndpointError, add_endpoint_argument, check_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
 from bus.subscribe import SubscriberConfig
 from consumers.archiver.reader import ArchiveError
@@ -21,11 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m consumers.tui",
         description="Live dashboard for a Tamiyo run. Keys: q quit, p pause, r reset, t theme, ? help.",
     )
-    parser.add_argument(
-        "--endpoint",
-        default=default_endpoint(),
-        help="where the trainer publishes (default: $TAMIYO_ENDPOINT or tcp://127.0.0.1:5555)",
-    )
+    add_endpoint_argument(parser)
     parser.add_argument(
         "--refresh-hz",
         type=float,

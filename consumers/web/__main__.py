@@ -7,10 +7,10 @@ import os
 import shlex
 import sys
 
-from bus.endpoint import EndpointError, default_endpoint
+from bus.endpoint import EndpointError, add_endpoint_argument, check_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
-from consumers.address import AddressError, parse_address
-from consumers.tui.__main__ import MAX_REFRESH_HZ, check_endpoint
+from consumers.address import AddressError, add_serving_arguments, parse_address
+from consumers.tui.__main__ import MAX_REFRESH_HZ
 from consumers.tui.app import DEFAULT_REFRESH_HZ
 
 DEFAULT_ADDRESS = "127.0.0.1:8000"
@@ -27,19 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m consumers.web",
         description="The live dashboard in a browser: each tab runs its own `python -m consumers.tui`.",
     )
-    parser.add_argument(
-        "--endpoint",
-        default=default_endpoint(),
-        help="where the trainer publishes (default: $TAMIYO_ENDPOINT or tcp://127.0.0.1:5555)",
-    )
-    parser.add_argument(
-        "--address", default=DEFAULT_ADDRESS, help=f"HOST:PORT to serve on (default {DEFAULT_ADDRESS})"
-    )
-    parser.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow an address beyond loopback; the page has no authentication (prefer an SSH tunnel)",
-    )
+    add_endpoint_argument(parser)
+    add_serving_arguments(parser, DEFAULT_ADDRESS, "the page")
     parser.add_argument(
         "--public-url",
         metavar="URL",
