@@ -14,6 +14,7 @@ import msgspec
 
 from bench.consumer_figures import STARTED
 from bench.events import mixed_envelopes
+from bench.ports import free_endpoint
 from bench.report import Figure, at_least, at_most
 from bus.contract import SCHEMA_VERSION, Envelope, TrainingFinished
 from consumers.archiver.archiver import Archiver
@@ -64,8 +65,7 @@ def replay(n: int) -> Figure:
     """Events/s that ``python -m consumers.replay --speed max`` gets into one consumer, none lost."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, total = _write_archive(Path(tmp), n)
-        port = _free_port()
-        endpoint = f"tcp://127.0.0.1:{port}"
+        endpoint = free_endpoint()
         parent, child = mp.get_context("spawn").Pipe()
         consumer = mp.get_context("spawn").Process(target=_count, args=(endpoint, child), daemon=True)
         consumer.start()
@@ -128,11 +128,3 @@ def backtest(updates: int) -> Figure:
         f"{updates:,} batch_completed, heartbeats), the {len(rules)} built-in rules; reading the CSV files "
         f"and evaluating, in one process; exit {code}, {err.getvalue().strip()}",
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

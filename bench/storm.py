@@ -11,7 +11,6 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import zmq
 
+from bench.ports import free_endpoint
 from bench.report import Figure, at_least, at_most
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,12 +66,6 @@ def _watch_heartbeats(endpoint: str, conn, stop) -> None:  # type: ignore[no-unt
     ctx.term()
 
 
-def _free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
 def train_under_storm(
     updates: int, rate: float, *, root: Path = ROOT, python: str = sys.executable
 ) -> dict[str, float]:
@@ -79,7 +73,7 @@ def train_under_storm(
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     parent, child = ctx.Pipe()
-    endpoint = _free_endpoint()
+    endpoint = free_endpoint()
     watcher = ctx.Process(target=_watch_heartbeats, args=(endpoint, child, stop), daemon=True)
     watcher.start()
     storm = None

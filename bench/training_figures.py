@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bench.ports import free_endpoint
 from bench.report import Figure, at_least, at_most
 
 CLEAR_MARGIN = 0.5
@@ -29,17 +29,11 @@ while True:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(args: list[str], *, stopped_consumer: bool = False) -> dict:
     """Run ``python -m producer`` with ``args``; return its --summary-json."""
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
-        endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        endpoint = free_endpoint()
         cmd = [
             sys.executable,
             "-m",

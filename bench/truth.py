@@ -10,7 +10,6 @@ evaluating on every item and on a tick every ``TICK_S`` between them. A cell say
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.ports import free_endpoint
 from bench.report import Figure, at_least, at_most
-from bus.aggregator import Aggregator
 from bus.contract import Envelope, PPOUpdate, TrainingFinished
 from bus.feed import Item
-from consumers.alerts.engine import AlertEngine
+from consumers.alerts.backtest import replay
+from consumers.alerts.engine import FIRING, Notification
 from consumers.alerts.rules import Rule, default_rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,34 +103,16 @@ class Outcome:
 def first_firings(
     timeline: Iterable[tuple[float, Item]], rules: list[Rule], tick_s: float = TICK_S
 ) -> dict[str, int | None]:
-    """Replay ``timeline`` into a fresh fold and engine: each rule's first firing update, or None."""
-    aggregator = Aggregator()
-    engine = AlertEngine(rules, wall_clock=lambda: 0.0)
+    """Replay ``timeline`` into the alert daemon's own fold and engine (``consumers.alerts.backtest``):
+    each rule's first firing update, or None."""
     fired: dict[str, int | None] = {rule.name: None for rule in rules}
 
-    def evaluate(now: float) -> None:
-        engine.evaluate(aggregator.state, now, quiet=True)
-        for name in engine.firing():
-            if fired[name] is None:
-                fired[name] = engine.update
+    def note(n: Notification) -> None:
+        if n.status == FIRING and fired[n.rule] is None:
+            fired[n.rule] = n.update
 
-    last: float | None = None
-    for received_at, item in timeline:
-        if last is not None:
-            t = last + tick_s
-            while t < received_at:
-                evaluate(t)
-                t += tick_s
-        aggregator.apply(item, received_at)
-        evaluate(received_at)
-        last = received_at
+    replay(timeline, rules, [note], tick_s=tick_s)
     return fired
-
-
-def _free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -> tuple[Timeline, str]:
@@ -139,7 +121,7 @@ def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -
 
     from bus.subscribe import Subscriber, SubscriberConfig
 
-    endpoint = _free_endpoint()
+    endpoint = free_endpoint()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         scenario.argv(endpoint, updates),

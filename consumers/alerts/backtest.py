@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bus.contract import Envelope
-from bus.feed import Gap
+from bus.feed import Gap, Item
 from consumers.alerts.daemon import AlertDaemon
 from consumers.alerts.engine import FIRING, AlertEngine, Notification
 from consumers.alerts.notify import Printer
@@ -42,6 +42,38 @@ class RunVerdict:
         return [n for n in self.notifications if n.status == FIRING]
 
 
+def replay(
+    timeline: Iterable[tuple[float, Item]],
+    rules: list[Rule],
+    sinks: Iterable[Callable[[Notification], None]] = (),
+    *,
+    tick_s: float = TICK_S,
+    tail_s: float = 0.0,
+) -> AlertDaemon:
+    """A fresh daemon fed each ``(time, item)`` at its time, ticking every ``tick_s`` in between and for
+    ``tail_s`` after the last; the engine's clock is that time too. Returns the daemon, for its state."""
+    clock = [0.0]
+    daemon = AlertDaemon(rules, sinks)
+    daemon.engine = AlertEngine(rules, wall_clock=lambda: clock[0])
+    next_tick: float | None = None
+    for t, item in timeline:
+        if next_tick is None:
+            next_tick = t
+        while next_tick < t:
+            clock[0] = next_tick
+            daemon.tick(next_tick)
+            next_tick += tick_s
+        clock[0] = t
+        daemon.handle([item], t)
+    if next_tick is not None:
+        end = clock[0] + tail_s
+        while next_tick <= end:
+            clock[0] = next_tick
+            daemon.tick(next_tick)
+            next_tick += tick_s
+    return daemon
+
+
 def backtest(
     envelopes: Iterable[Envelope],
     rules: list[Rule],
@@ -52,28 +84,16 @@ def backtest(
 ) -> RunVerdict:
     """Evaluate ``rules`` over one recorded run; ``tail_s``: seconds of silence evaluated after its end."""
     verdict = RunVerdict(run_id="")
-    clock = [0.0]
-    daemon = AlertDaemon(rules, [*sinks, verdict.notifications.append])
-    daemon.engine = AlertEngine(rules, wall_clock=lambda: clock[0])
-    next_tick: float | None = None
-    for item in with_gaps(envelopes):
-        t = item.detected_at if type(item) is Gap else item.ts  # type: ignore[union-attr]
-        if next_tick is None:
-            next_tick = t
-        while next_tick < t:
-            clock[0] = next_tick
-            daemon.tick(next_tick)
-            next_tick += tick_s
-        clock[0] = t
-        daemon.handle([item], t)
-        if type(item) is Envelope:
-            verdict.events += 1
-    if next_tick is not None:
-        end = clock[0] + tail_s
-        while next_tick <= end:
-            clock[0] = next_tick
-            daemon.tick(next_tick)
-            next_tick += tick_s
+
+    def recorded() -> Iterable[tuple[float, Item]]:
+        for item in with_gaps(envelopes):
+            if type(item) is Gap:
+                yield item.detected_at, item
+            else:
+                verdict.events += 1
+                yield item.ts, item  # type: ignore[union-attr]
+
+    daemon = replay(recorded(), rules, [*sinks, verdict.notifications.append], tick_s=tick_s, tail_s=tail_s)
     state = daemon.aggregator.state
     verdict.run_id = state.run.run_id
     verdict.updates = state.tamiyo.update if state.tamiyo.ppo_data_received else 0
