@@ -98,8 +98,8 @@ def overhead(updates: int, repeats: int) -> list[Figure]:
 
 def gradient_noise_cost(updates: int, seeds: int) -> Figure:
     """The throttled diagnostics' share of update time at the defaults: the gradient noise passes
-    (two half-batch forward/backward passes at the update's starting weights) plus the CUDA memory
-    collection (nothing on CPU), every ``diagnostics_every`` updates."""
+    (num_minibatches - 1 minibatch forward/backward passes at the update's starting weights) plus the
+    CUDA memory collection (nothing on CPU), every ``diagnostics_every`` updates."""
     runs = [
         _train(["--updates", str(updates), "--seed", str(s), "--no-telemetry"]) for s in range(1, seeds + 1)
     ]

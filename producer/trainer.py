@@ -242,17 +242,34 @@ class Trainer:
             "update_start", fault_ctx, model=self.policy, optimizer=self.optimizer, device=self.device
         )
         spans = segments(self.episode_starts, cfg.rollout_steps)
-        noise = self._measure_noise(spans, fault_ctx) if measure else None
+        orders = [
+            torch.randperm(cfg.n_envs, generator=self.shuffle_gen).to(self.device)
+            for _ in range(cfg.update_epochs)
+        ]
+        # The gradient noise is measured on the first epoch's minibatches at the starting weights. Without
+        # DDP the first one's gradient is the trainer's own first backward: the other groups are measured
+        # just before its optimizer step (one pass saved). Under DDP that .grad is all-reduced over ranks,
+        # so every group is measured here, on the rank's own data.
+        groups = list(orders[0].split(cfg.envs_per_minibatch))
+        reuse = measure and self.evaluate is self.local_evaluate
+        noise = self._measure_noise(groups, spans, fault_ctx) if measure and not reuse else None
         n_minibatches = cfg.update_epochs * cfg.num_minibatches
+
+        def measure_before_first_step() -> None:
+            nonlocal noise
+            noise = self._measure_noise(groups, spans, fault_ctx, first_grads=[p.grad for p in self.params])
+
         totals: dict[str, Any] = {}
         health = None
         k = 0
-        for _ in range(cfg.update_epochs):
-            order = torch.randperm(cfg.n_envs, generator=self.shuffle_gen).to(self.device)
+        for order in orders:
             for mb in order.split(cfg.envs_per_minibatch):
                 if should_stop():
                     return None
-                stats, health = self._minibatch_step(mb, spans, fault_ctx, last=k == n_minibatches - 1)
+                before_step = measure_before_first_step if reuse and k == 0 else None
+                stats, health = self._minibatch_step(
+                    mb, spans, fault_ctx, last=k == n_minibatches - 1, before_step=before_step
+                )
                 totals = {name: totals.get(name, 0) + value for name, value in stats.items()}
                 k += 1
         assert health is not None
@@ -295,19 +312,22 @@ class Trainer:
         return terms.total(), parts
 
     def _measure_noise(
-        self, spans: list[tuple[int, int]], fault_ctx: FaultContext
+        self,
+        groups: list[torch.Tensor],
+        spans: list[tuple[int, int]],
+        fault_ctx: FaultContext,
+        first_grads: list[torch.Tensor | None] | None = None,
     ) -> tuple[GradientNoise, Callable[[], float]]:
-        """The gradient noise at the update's starting weights from its two halves of whole env sequences.
+        """The gradient noise at the current weights from ``groups`` (``first_grads``: the first's gradient).
 
         Returns the tensors (synced with the update's other values) and how to read its seconds after
         the sync: CUDA events time it without a sync of their own; on CPU the work is synchronous.
         """
-        half = self.cfg.n_envs // 2  # an odd env out is left unmeasured: the groups must be equal
-        halves = torch.arange(2 * half, device=self.device).chunk(2)
+        size = len(groups[0]) * self.cfg.rollout_steps
 
         def measure() -> GradientNoise:
             loss_of = lambda mb: self._losses(mb, spans, self.local_evaluate, fault_ctx)[0]  # noqa: E731
-            return measure_gradient_noise(loss_of, self.params, halves, half * self.cfg.rollout_steps)
+            return measure_gradient_noise(loss_of, self.params, groups, size, first_grads=first_grads)
 
         if self.device.type == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -321,12 +341,20 @@ class Trainer:
         return noise, lambda: seconds
 
     def _minibatch_step(
-        self, mb: torch.Tensor, spans: list[tuple[int, int]], fault_ctx: FaultContext, *, last: bool
+        self,
+        mb: torch.Tensor,
+        spans: list[tuple[int, int]],
+        fault_ctx: FaultContext,
+        *,
+        last: bool,
+        before_step: Callable[[], None] | None = None,
     ) -> tuple[dict[str, torch.Tensor], LayerHealth | None]:
         """One gradient step on the whole env sequences ``mb``; its diagnostics as detached tensors.
 
         ``last`` classifies the layers too, on the raw gradient (under DDP: all-reduced) before clipping.
-        The timer marks the forward's start and backward's return (see producer.timing).
+        ``before_step`` runs once the backward has left the raw gradient in ``.grad``, before any fault,
+        clipping or optimizer step touches it or the weights. The timer marks the forward's start and
+        backward's return (see producer.timing).
         """
         cfg = self.cfg
         self.timer.start()
@@ -336,6 +364,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         self.timer.done()
+        if before_step is not None:
+            before_step()
         self.faults.fire("gradients", fault_ctx, params=self.params)
         with torch.no_grad():
             stats = {

@@ -78,44 +78,85 @@ def test_throttled_diagnostics_are_carried_between_measurements() -> None:
     assert all(cv > 0 for _, cv, _, _ in seen)
 
 
-def _half_gradients(trainer: Trainer) -> np.ndarray:
-    """The two halves' flat gradients at the current weights, by a plain backward each (float64)."""
+def _group_gradients(trainer: Trainer) -> np.ndarray:
+    """The flat gradients (float64) of the next update's first-epoch minibatches at the current weights.
+
+    The minibatches come from a copy of the trainer's shuffle generator, so the update draws the same.
+    """
     spans = segments(trainer.episode_starts, trainer.cfg.rollout_steps)
+    peek = torch.Generator()
+    peek.set_state(trainer.shuffle_gen.get_state())
+    order = torch.randperm(trainer.cfg.n_envs, generator=peek)
     rows = []
-    for half in torch.arange(trainer.cfg.n_envs).chunk(2):
+    for group in order.split(trainer.cfg.envs_per_minibatch):
         trainer.policy.zero_grad(set_to_none=True)
-        trainer._losses(half, spans, trainer.local_evaluate, trainer._fault_context())[0].backward()
+        trainer._losses(group, spans, trainer.local_evaluate, trainer._fault_context())[0].backward()
         rows.append(np.concatenate([p.grad.double().numpy().ravel() for p in trainer.params]))
     trainer.policy.zero_grad(set_to_none=False)
     return np.stack(rows)
 
 
-def test_gradient_cv_is_the_pooled_noise_scale_at_each_updates_starting_weights() -> None:
-    # McCandlish's estimators written out for two groups of b transitions, against the trainer's
-    # readings after one and two measuring updates (EMA weight 0.1 of numerator and denominator).
-    trainer = small_trainer(diagnostics_every=1)
-    b, batch = 2 * 12, 4 * 12
+@pytest.mark.parametrize("minibatches", [2, 4])
+def test_gradient_cv_is_the_pooled_noise_scale_at_each_updates_starting_weights(minibatches: int) -> None:
+    # McCandlish's estimators written out for the first epoch's G minibatches of b transitions each,
+    # against the trainer's readings after one and two measuring updates (EMA weight 0.1 of numerator
+    # and denominator).
+    trainer = small_trainer(diagnostics_every=1, num_minibatches=minibatches)
+    batch = 4 * 12
+    b = batch // minibatches
     traces, signals = [], []
     for _ in range(2):
         trainer.rollout()
-        g = _half_gradients(trainer)  # the weights the update starts from
-        trace = b * float(np.sum((g[0] - g[1]) ** 2)) / 2  # b * sum_j |g_j - mean|^2 / (G - 1)
+        g = _group_gradients(trainer)  # the weights the update starts from
+        trace = b * float(np.sum((g - g.mean(0)) ** 2)) / (minibatches - 1)
         traces.append(trace)
         signals.append(float(np.sum(g.mean(0) ** 2)) - trace / batch)
         metrics = trainer.update()
         weights = [0.9, 1.0][-len(traces) :]
         num = sum(w * t for w, t in zip(weights, traces, strict=True))
         den = sum(w * s for w, s in zip(weights, signals, strict=True))
-        assert den > 0, "the fixture should have a detectable signal"
+        pooler = trainer.noise_pooler
+        assert pooler.trace_sigma == pytest.approx(num / sum(weights), rel=1e-4)
+        assert pooler.signal_sq == pytest.approx(den / sum(weights), rel=1e-4, abs=1e-9)
+        assert metrics["gradient_noise_batch"] == batch
+        if den <= 0:  # no detectable signal
+            assert metrics["gradient_noise_scale"] == metrics["gradient_cv"] == math.inf
+            continue
         assert metrics["gradient_noise_scale"] == pytest.approx(num / den, rel=1e-4)
         assert metrics["gradient_cv"] == pytest.approx(math.sqrt(num / den / batch), rel=1e-4)
-        assert metrics["gradient_noise_batch"] == batch
 
 
-def test_gradient_cv_does_not_depend_on_the_minibatch_split_or_the_epochs() -> None:
+class _Forward(torch.nn.Module):
+    """Another module around the same evaluation: the trainer then takes the DDP path (no reuse)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any) -> Any:
+        return self.inner(*args)
+
+
+def test_reusing_the_first_minibatchs_backward_reads_what_measuring_every_group_reads() -> None:
     readings = []
-    for minibatches, epochs in ((2, 1), (4, 3)):
-        trainer = small_trainer(num_minibatches=minibatches, update_epochs=epochs)
+    for reuse in (True, False):
+        trainer = small_trainer(diagnostics_every=1)
+        if not reuse:
+            trainer.evaluate = _Forward(trainer.local_evaluate)
+        for _ in range(2):
+            trainer.rollout()
+            m = trainer.update()
+        weight_sum = float(trainer.params[0].detach().sum())
+        readings.append((m["gradient_noise_scale"], m["policy_loss"], weight_sum))
+    assert readings[0] == pytest.approx(readings[1], rel=1e-5)
+
+
+def test_gradient_cv_does_not_depend_on_the_number_of_epochs() -> None:
+    # The noise is measured before the first optimizer step, so later epochs cannot enter it. (Its
+    # independence from the minibatch split holds in expectation: tests/producer/test_gradient_noise.py.)
+    readings = []
+    for epochs in (1, 3):
+        trainer = small_trainer(update_epochs=epochs)
         trainer.rollout()
         m = trainer.update()
         readings.append((m["gradient_cv"], m["gradient_noise_scale"]))
