@@ -122,6 +122,7 @@ def _copy_rollout(r: RolloutState) -> RolloutState:
         latest=r.latest,
         latest_with_returns=r.latest_with_returns,
         return_history=deque(r.return_history, maxlen=r.return_history.maxlen),
+        return_windows=r.return_windows.copy(),
         fps_history=deque(r.fps_history, maxlen=r.fps_history.maxlen),
     )
 
@@ -175,6 +176,7 @@ def _on_batch_completed(state: Snapshot, rs: RankState, ev: BatchCompleted, rece
     if ev.return_mean is not None:
         combined.latest_with_returns = ev
         combined.return_history.append(ev.return_mean)
+        combined.return_windows.add(ev.return_mean)
 
 
 def _record_batch(r: RolloutState, ev: BatchCompleted, fps: float) -> None:
@@ -185,6 +187,7 @@ def _record_batch(r: RolloutState, ev: BatchCompleted, fps: float) -> None:
     if ev.return_mean is not None:
         r.latest_with_returns = ev
         r.return_history.append(ev.return_mean)
+        r.return_windows.add(ev.return_mean)
 
 
 def _on_heartbeat(state: Snapshot, rs: RankState, ev: Heartbeat, received_at: float) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bus.contract import PPOUpdate
 
@@ -121,10 +124,102 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def learning_progress(
-    history: Sequence[float], window: int = PROGRESS_WINDOW, t: float = PROGRESS_T
-) -> str | None:
+class _Progress(NamedTuple):
+    new: float
+    """Mean of the newest ``window`` returns."""
+    rise: float
+    """``new`` minus the previous window's mean."""
+    rise_noise: float
+    """t standard errors of that difference (or 0 when both windows are constant)."""
+    best: float
+    """Highest mean of any ``window`` consecutive returns."""
+    gained: float
+    """``best`` minus the first window's mean."""
+    noise: float
+    """t·√2 standard errors of ``new``: what two windows of this run may differ by chance."""
+
+    @property
+    def rising(self) -> bool:
+        return self.rise > self.rise_noise if self.rise_noise > 0 else self.rise > 0
+
+    @property
+    def margin(self) -> float:
+        return max(self.noise, PROGRESS_MATERIAL * self.gained)
+
+
+@dataclass
+class ReturnWindows:
+    """The facts about a run's batch returns that ``learning_progress`` needs, kept as they arrive.
+
+    "Gained since its start" and "below its best" are about the whole run, while a consumer keeps
+    only the newest returns (``bus.state.HISTORY_LEN``): so the first window's mean and the best
+    window's mean are kept here, with the newest ``2 * window`` finite returns. Non-finite returns
+    are skipped. ``add`` is O(window).
+    """
+
+    window: int = PROGRESS_WINDOW
+    recent: deque[float] = field(default_factory=deque)
+    first: float | None = None
+    """Mean of the first ``window`` finite returns (None until there are that many)."""
+    best: float = -math.inf
+    """Highest mean of any ``window`` consecutive finite returns."""
+
+    def __post_init__(self) -> None:
+        self.recent = deque(self.recent, maxlen=2 * self.window)
+
+    @classmethod
+    def of(cls, returns: Sequence[float], window: int = PROGRESS_WINDOW) -> ReturnWindows:
+        w = cls(window)
+        for value in returns:
+            w.add(value)
+        return w
+
+    def add(self, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        self.recent.append(value)
+        n = len(self.recent)
+        if n < self.window:
+            return
+        newest = _mean([self.recent[i] for i in range(n - self.window, n)])
+        if self.first is None:
+            self.first = newest
+        self.best = max(self.best, newest)
+
+    def copy(self) -> ReturnWindows:
+        return ReturnWindows(self.window, deque(self.recent), self.first, self.best)
+
+
+Returns = ReturnWindows | Sequence[float]
+"""A run's batch returns: kept as ``ReturnWindows`` (what the aggregator folds), or all of them in order."""
+
+
+def _windows(returns: Returns, window: int) -> ReturnWindows:
+    return returns if isinstance(returns, ReturnWindows) else ReturnWindows.of(returns, window)
+
+
+def _progress(returns: Returns, window: int, t: float) -> _Progress | None:
+    w = _windows(returns, window)
+    values = list(w.recent)
+    if len(values) < 2 * w.window or w.first is None:
+        return None
+    new, new_se = _mean_se(values[-w.window :])
+    previous, previous_se = _mean_se(values[: w.window])
+    return _Progress(
+        new=new,
+        rise=new - previous,
+        rise_noise=t * math.hypot(new_se, previous_se),
+        best=w.best,
+        gained=w.best - w.first,
+        noise=t * math.sqrt(2.0) * new_se,
+    )
+
+
+def learning_progress(returns: Returns, window: int = PROGRESS_WINDOW, t: float = PROGRESS_T) -> str | None:
     """LEARNING, PLATEAU or REGRESSING from the batch returns; None until ``2 * window`` finite ones.
+
+    ``returns`` is the run's ``ReturnWindows`` (every return since the run started counts) or all its
+    returns in order; ``window`` applies to the latter.
 
     With ``new`` the mean of the newest ``window`` returns, ``best`` the highest mean of any
     ``window`` consecutive ones, ``first`` the first window's, and ``noise`` = t·√2·(standard
@@ -136,23 +231,40 @@ def learning_progress(
     - REGRESSING: more than ``margin`` below ``best`` and not rising;
     - PLATEAU: near its best but it never gained more than the noise (flat since the start).
     """
-    values = [v for v in history if math.isfinite(v)]
-    if len(values) < 2 * window:
+    p = _progress(returns, window, t)
+    if p is None:
         return None
-    new, new_se = _mean_se(values[-window:])
-    previous, previous_se = _mean_se(values[-2 * window : -window])
-    spread = math.hypot(new_se, previous_se)
-    if (new - previous > t * spread) if spread > 0 else new > previous:
+    if p.rising:
         return LEARNING
-    sums = [sum(values[:window])]
-    for i in range(window, len(values)):
-        sums.append(sums[-1] + values[i] - values[i - window])
-    best, first = max(sums) / window, sums[0] / window
-    noise = t * math.sqrt(2.0) * new_se
-    margin = max(noise, PROGRESS_MATERIAL * (best - first))
-    if new < best - margin:
+    if p.new < p.best - p.margin:
         return REGRESSING
-    return LEARNING if best - first > noise else PLATEAU
+    return LEARNING if p.gained > p.noise else PLATEAU
+
+
+def return_settled(returns: Returns, window: int = PROGRESS_WINDOW, t: float = PROGRESS_T) -> bool:
+    """The run has learned and levelled off: the return holds at its best and has stopped climbing.
+
+    True when it has gained more than the noise since its first window, ``new`` is within ``margin``
+    of ``best`` (LEARNING's "holding high"), and the newest window is not above the previous one by
+    more than the noise or by more than 10% of what the run has gained (``PROGRESS_MATERIAL``). A
+    slow creep over the last few percent counts as settled; a plateau that never gained, a
+    regression, or a climb does not. False until ``2 * window`` finite returns.
+    """
+    p = _progress(returns, window, t)
+    if p is None or p.gained <= p.noise or p.new < p.best - p.margin:
+        return False
+    return not p.rising or p.rise <= PROGRESS_MATERIAL * p.gained
+
+
+def gradient_cv_while_learning(gradient_cv: float, returns: Returns) -> float:
+    """``gradient_cv`` until the return has settled (``return_settled``), then 0.0.
+
+    Once a policy has learned what it can, its true gradient fades and the noise-to-signal ratio of
+    any fixed batch grows without bound (McCandlish et al.: the noise scale grows as training
+    converges): a high reading then is expected, not a fault. While the return climbs, regresses or
+    never moved, a reading above 2.0 means the update is mostly noise.
+    """
+    return 0.0 if return_settled(returns) else gradient_cv
 
 
 def return_trend(

@@ -17,7 +17,7 @@ import msgspec
 
 from bus.catalogue import Field, fields, history_fields, step_fields
 from bus.contract import BatchCompleted, Heartbeat, PPOUpdate, TrainingFinished, TrainingStarted
-from bus.derived import memory_usage_percent
+from bus.derived import ReturnWindows, memory_usage_percent
 from bus.straggler import StragglerScore
 
 HISTORY_LEN = 256
@@ -211,6 +211,9 @@ class RolloutState:
     latest_with_returns: BatchCompleted | None = None
     """Returns are carried from the last rollout in which an episode ended."""
     return_history: deque[float] = field(default_factory=_history)
+    """The newest ``HISTORY_LEN`` batch returns (for sparklines and trends)."""
+    return_windows: ReturnWindows = field(default_factory=ReturnWindows)
+    """Every return since the run started, as ``learning_progress`` needs them (first and best window)."""
     fps_history: deque[float] = field(default_factory=_history)
 
     @property

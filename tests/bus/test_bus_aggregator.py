@@ -12,6 +12,7 @@ from bus_factories import (
     training_started,
 )
 
+from bus import derived
 from bus import liveness as lv
 from bus.aggregator import Aggregator, fold, fold_all
 from bus.feed import Gap
@@ -192,3 +193,20 @@ def test_liveness_states() -> None:
     assert lv.liveness(snap, 106.0) == lv.LIVE
     snap = fold(snap, envelope(2, training_finished()), received_at=106.0)
     assert lv.liveness(snap, 1000.0) == lv.FINISHED
+
+
+def test_learning_progress_sees_the_whole_run_beyond_the_kept_history() -> None:
+    # 60 batches climbing 0 -> 3, then 400 holding at 3: the kept history (HISTORY_LEN) holds only the
+    # plateau, but the run gained 3 since its start, so it is LEARNING (holding high) and settled.
+    returns = [0.05 * i for i in range(60)] + [3.0 + 0.02 * (-1) ** i for i in range(400)]
+    state = fold_all(envelope(i, batch_completed(update=i + 1, return_mean=r)) for i, r in enumerate(returns))
+    r = state.rollout
+    assert len(r.return_history) == HISTORY_LEN < len(returns)
+    assert (r.return_windows.first, r.return_windows.best) == (
+        pytest.approx(0.35),
+        pytest.approx(3.0, abs=0.01),
+    )
+    assert derived.learning_progress(r.return_windows) == derived.LEARNING
+    assert derived.return_settled(r.return_windows)
+    assert derived.learning_progress(list(r.return_history)) == derived.PLATEAU  # what the history alone says
+    assert derived.learning_progress(r.return_windows) == derived.learning_progress(returns)

@@ -137,6 +137,65 @@ def test_learning_progress_hand_worked() -> None:
     assert derived.learning_progress([0.05 * (-1) ** i for i in range(40)]) == derived.PLATEAU
 
 
+def _settled_by_numpy(history: list[float], window: int = 15, t: float = 3.0) -> bool:
+    """return_settled's definition (docs/metrics.md) written again with numpy."""
+    v = np.asarray([x for x in history if np.isfinite(x)])
+    if v.size < 2 * window:
+        return False
+    new, prev = v[-window:], v[-2 * window : -window]
+    se_new = new.std(ddof=1) / np.sqrt(window)
+    rise = new.mean() - prev.mean()
+    rising = rise > t * np.hypot(se_new, prev.std(ddof=1) / np.sqrt(window))
+    means = np.convolve(v, np.ones(window) / window, mode="valid")
+    gained = means.max() - means[0]
+    noise = t * np.sqrt(2) * se_new
+    holding = gained > noise and new.mean() >= means.max() - max(noise, 0.1 * gained)
+    return bool(holding and (not rising or rise <= 0.1 * gained))
+
+
+def test_return_settled_matches_an_independent_numpy_computation() -> None:
+    rng = np.random.default_rng(8)
+    seen = set()
+    for trial in range(300):
+        n = int(rng.integers(25, 150))
+        x = np.arange(n)
+        shape = rng.choice(["rise", "flat", "saturating", "rise_then_drop"])
+        level = {
+            "rise": 0.03 * x,
+            "flat": np.zeros(n),
+            "saturating": 2.0 * (1 - np.exp(-x / 25.0)),
+            "rise_then_drop": np.where(x < n // 2, 0.05 * x, 0.05 * (n // 2) - 0.04 * (x - n // 2)),
+        }[shape]
+        history = list(level + rng.normal(0, 0.05, n))
+        if trial % 7 == 0:
+            history[int(rng.integers(n))] = float("nan")
+        expected = _settled_by_numpy(history)
+        assert derived.return_settled(history) == expected, (trial, shape)
+        seen.add((str(shape), expected))
+    assert {("saturating", True), ("saturating", False), ("rise", False), ("flat", False)} <= seen
+
+
+def test_return_settled_hand_worked() -> None:
+    held = [0.0] * 15 + [2.0 + 0.05 * (-1) ** i for i in range(30)]
+    assert derived.return_settled(held)  # rose 0 -> 2, holds at 2: settled
+    assert not derived.return_settled(held[:29])  # 2 x 15 returns needed
+    assert not derived.return_settled([0.1 * i for i in range(30)])  # climbing: 1.5 per window of a 2.25 gain
+    # The last window 0.15 above the one before: significant, but 7% of the 2.15 gained: a creep.
+    assert derived.return_settled([*held, *[2.15 + 0.05 * (-1) ** i for i in range(15)]])
+    # 0.3 above it (14% of the 2.3 gained): still climbing.
+    assert not derived.return_settled([*held, *[2.3 + 0.05 * (-1) ** i for i in range(15)]])
+    assert not derived.return_settled([*held, *[1.5 + 0.05 * (-1) ** i for i in range(15)]])  # regressing
+    assert not derived.return_settled([0.05 * (-1) ** i for i in range(40)])  # never learned: a plateau
+
+
+def test_gradient_cv_while_learning_is_zero_once_the_return_settles() -> None:
+    held = [0.0] * 15 + [2.0 + 0.05 * (-1) ** i for i in range(30)]
+    assert derived.gradient_cv_while_learning(3.5, held) == 0.0
+    assert derived.gradient_cv_while_learning(3.5, [0.1 * i for i in range(30)]) == 3.5
+    assert derived.gradient_cv_while_learning(math.inf, [0.0] * 40) == math.inf  # never learned: judged
+    assert derived.gradient_cv_while_learning(1.2, []) == 1.2
+
+
 @pytest.mark.parametrize(
     ("train_steps", "measured_at", "age", "overdue"),
     [(20, 20, 0, False), (29, 20, 9, False), (30, 20, 10, True), (5, -1, None, False)],
