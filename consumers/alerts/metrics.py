@@ -99,6 +99,14 @@ def _measured(
     return read
 
 
+def _gradient_cv_while_learning(s: Snapshot, now: float) -> Reading | None:
+    t = s.tamiyo
+    at = t.latest.gradient_cv_step
+    if not t.ppo_data_received or at < 0:
+        return None
+    return Reading(derived.gradient_cv_while_learning(t.latest.gradient_cv, s.rollout.return_windows), at, at)
+
+
 def _per_update(fn: Callable[[Snapshot], float | None]) -> Callable[[Snapshot, float], Reading | None]:
     def read(s: Snapshot, now: float) -> Reading | None:
         t = s.tamiyo
@@ -251,6 +259,13 @@ def _build() -> dict[str, Metric]:
             "cuda_memory_fragmentation while reserved ≥ "
             f"{derived.FRAGMENTATION_MIN_RESERVED:.0%} of the device, else 0 (docs/metrics.md)",
             _measured(_fragmentation_that_matters, cuda_step),
+        ),
+        Metric(
+            "gradient_cv_while_learning",
+            MEASURED,
+            "gradient_cv until the return has settled at its best (bus.derived.return_settled), "
+            "then 0 (docs/metrics.md)",
+            _gradient_cv_while_learning,
         ),
         Metric("fps", BATCH, "environment steps per second", _batch_attr("fps")),
         Metric(

@@ -71,7 +71,7 @@ def assess(snapshot: Snapshot) -> Status:
         return Status(f"{prefix}:{names}", worst, found)
     if run.finished:
         return Status(f"FINISHED ({run.finish_reason or 'done'})", Level.OK)
-    progress = learning_progress(snapshot.rollout.return_history)
+    progress = learning_progress(snapshot.rollout.return_windows)
     if warming or progress is None:
         return Status("WARMING UP", Level.NONE)
     return Status(progress, PROGRESS_LEVELS[progress])

@@ -12,6 +12,8 @@ from bus.derived import (
     PROGRESS_WINDOW,
     RETURN_TREND_FLAT,
     RETURN_TREND_WINDOW,
+    Returns,
+    return_settled,
 )
 from bus.liveness import SLOW_AFTER_PERIODS, STALE_AFTER_PERIODS, STUCK_CYCLES, STUCK_MIN_S
 
@@ -104,7 +106,21 @@ GRADIENT_CV = Band(
     inclusive=True,
 )
 # 2.0 is the alert's threshold (cos 0.45: the update is mostly noise); 4.0 is cos 0.24. Healthy runs at the
-# default batch read 1.2 to 2.3 (docs/metrics.md#measured-on-healthy-runs), so the old 0.5 warned on all.
+# default batch read about 1.1 to 1.9 while learning (docs/metrics.md#measured-on-healthy-runs).
+CV_WORDS = {Level.OK: "ok", Level.WARN: "noisy", Level.FAIL: "BAD"}
+CV_SETTLED = "settled"
+
+
+def gradient_cv_verdict(cv: float, returns: Returns) -> tuple[str, Level]:
+    """The footer's word for ``cv`` and its level: ``GRADIENT_CV``'s ok|noisy|BAD, or "settled" at
+    Level.NONE for a reading of 2.0 or more once the return has settled at its best
+    (``bus.derived.return_settled``): a converged policy's gradient is mostly noise, as expected."""
+    level = GRADIENT_CV.level(cv)
+    if level >= Level.WARN and return_settled(returns):
+        return CV_SETTLED, Level.NONE
+    return CV_WORDS[level], level
+
+
 MEMORY = Band(
     "[Mem:NN%]",
     "how full the GPU is, (total - free) / total, percent; red means OOM risk; hidden without CUDA",
@@ -148,6 +164,9 @@ def rules() -> list[str]:
         "PLATEAU: the returns are flat and never rose above their start by more than the noise",
         f"WARMING UP also until {2 * PROGRESS_WINDOW} batches with returns have arrived",
         "gradient CV: footer word only, never the banner status (healthy range: docs/metrics.md)",
+        "gradient CV 'settled' (dim): above 2.0 once the return holds at its best and its newest "
+        f"{PROGRESS_WINDOW} batches added no more than the noise or {PROGRESS_MATERIAL:.0%} of the gain: "
+        "a converged policy's gradient is mostly noise, as expected; the gradient_cv alert is quiet then",
         "[Mem:NN%] colours only (dim ≤ 75, yellow > 75, red bold > 90); it never raises the status",
         "value loss: no threshold (its scale follows the returns); non-finite is FAIL",
         f"connection: SLOW after {_num(SLOW_AFTER_PERIODS)} heartbeat periods of silence, "

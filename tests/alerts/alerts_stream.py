@@ -96,7 +96,8 @@ class Stream:
                 fields[name] = value
         return self.env(ppo_update(u, HEADS, **fields))
 
-    def batch(self) -> Envelope:
+    def batch(self, return_mean: float | None = None) -> Envelope:
+        """The rollout of the newest update; its mean return ``return_mean`` or healthy noise around 1."""
         u = max(0, self.update - 1)
         return self.env(
             batch_completed(
@@ -106,7 +107,7 @@ class Stream:
                 step_time_ms=0.2,
                 episodes_completed=u * 4,
                 episodes=4,
-                return_mean=self.rng.gauss(1.0, 0.3),
+                return_mean=self.rng.gauss(1.0, 0.3) if return_mean is None else return_mean,
                 return_min=-1.0,
                 return_max=3.0,
             )

@@ -87,9 +87,11 @@ def test_promtool_gradient_cv_fires_after_its_for_holds_through_the_clear_band_t
         return (
             f"          - exp_labels: {{severity: warning, run_id: r, rank: '{rank}'}}\n"
             "            exp_annotations:\n"
-            f"              summary: 'gradients are mostly noise (gradient_cv {value}): larger batches or a "
-            f"lower lr may help (run r, rank {rank})'\n"
-            "              expression: 'gradient_cv > 2 for 20 updates'\n"
+            "              summary: 'the update''s gradient is mostly noise while the run still learns "
+            f"(gradient_cv {value} > 2: cos to the true gradient < 0.45): the batch is below "
+            "gradient_noise_scale / 4; raise --n-envs or --rollout-steps, or lower --lr "
+            f"(run r, rank {rank})'\n"
+            "              expression: 'gradient_cv_while_learning > 2 for 20 updates'\n"
         )
 
     def at(seconds: int, *alerts: str) -> str:
@@ -99,9 +101,10 @@ def test_promtool_gradient_cv_fires_after_its_for_holds_through_the_clear_band_t
     tests = tmp_path / "tests.yml"
     tests.write_text(
         f"rule_files:\n  - {RULES}\nevaluation_interval: 1s\ntests:\n  - interval: 1s\n    input_series:\n"
-        '      - series: \'tamiyo_gradient_cv{run_id="r", rank="0"}\'\n'
+        '      - series: \'tamiyo_gradient_cv_while_learning{run_id="r", rank="0"}\'\n'
         "        values: '3x30 1.8x20 1.4x10'\n"
-        "      - series: 'tamiyo_gradient_cv{run_id=\"r\", rank=\"1\"}'\n        values: '1.8x60'\n"
+        '      - series: \'tamiyo_gradient_cv_while_learning{run_id="r", rank="1"}\'\n'
+        "        values: '1.8x60'\n"
         "    alert_rule_test:\n"
         + at(10)  # pending: the for (20 updates at 1 s) has not passed
         + at(25, alert("3.00", "0"))

@@ -107,6 +107,29 @@ async def test_gradient_cv_words(make_app, cv, word):
     assert "Dead:2/31  Exploding:1/31" in text
 
 
+@pytest.mark.parametrize(
+    ("returns", "word"),
+    [
+        ([0.1 * u for u in range(40)], "noisy"),  # still climbing: the reading is judged
+        ([0.0] * 10 + [2.0 + 0.05 * (-1) ** u for u in range(30)], "settled"),  # holds at its best
+        ([0.05 * (-1) ** u for u in range(40)], "noisy"),  # never learned: a plateau is judged too
+    ],
+)
+@async_test
+async def test_gradient_cv_above_2_reads_settled_once_the_return_has_settled(make_app, returns, word):
+    app = make_app()
+    run = Run()
+    items = [run.env(started())]
+    for u, r in enumerate(returns):
+        items += [run.env(batch(u, return_mean=r)), run.env(ppo(u, gradient_cv=3.1, gradient_cv_step=u))]
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.ingest(items)
+        text = await settle(app, pilot)
+        colour, dim = _style_of(app, word).color, _style_of(app, "Flow:").color
+    assert f"CV:3.10 {word}" in text
+    assert (colour == dim) == (word == "settled")  # Textual renders dim as a blended colour
+
+
 @async_test
 async def test_footer_fits_80x24(make_app):
     app = make_app()

@@ -17,7 +17,6 @@ from consumers.tui.widgets.panel import Lines, Panel
 from consumers.tui.widgets.render import bar, fixed, fmt, pack_lines, pct, shown, styled
 
 GLYPHS = {Level.NONE: "·", Level.OK: "✓", Level.WARN: "!", Level.FAIL: "✗"}
-CV_WORDS = {Level.OK: "ok", Level.WARN: "noisy", Level.FAIL: "BAD"}
 MIN_BAR = 3
 MAX_BAR = 24
 HEADS_SHOWN = 32
@@ -43,14 +42,14 @@ def flow_footer(view: View) -> list[Content]:
     t = view.snapshot.tamiyo
     gq = t.gradient_quality
     if gq.gradient_cv_step >= 0:
-        level = th.GRADIENT_CV.level(gq.gradient_cv)
-        style = age_style(view, gq.gradient_cv_step, p.of(level))
+        word, level = th.gradient_cv_verdict(gq.gradient_cv, view.snapshot.rollout.return_windows)
+        style = age_style(view, gq.gradient_cv_step, p.of(level) if level != Level.NONE else p.dim)
         cv = Content.assemble(
             ("Flow: ", p.dim),
             # +inf is the producer's "no detectable signal": pure noise, shown as words, not "inf".
             ("CV:∞ no signal" if gq.gradient_cv == math.inf else f"CV:{fixed(gq.gradient_cv)}", style),
             " ",
-            (CV_WORDS[level], style),
+            (word, style),
             age_suffix(view, gq.gradient_cv_step),
         )
     else:
