@@ -1,10 +1,13 @@
 """The alert truth table: each default rule against healthy seeds and injected faults (real producer runs).
 
-Each scenario runs ``python -m producer --updates N --seed S [--fault KIND@U]`` as a child process,
-records what a subscriber receives (with its receive time), then replays that recording through
-the aggregator fold and the alert engine with the default rules, as the alert daemon would,
-evaluating on every item and on a tick every ``TICK_S`` between them. A cell says ``quiet`` or
-``fired at update N`` (the ppo_update the consumer had folded when the rule first fired).
+Each scenario runs ``python -m producer --seed S [--fault KIND@U]`` at the defaults as a child
+process, records what a subscriber receives (with its receive time), then replays that recording
+through the aggregator fold and the alert engine with the default rules, as the alert daemon
+would, evaluating on every item and on a tick every ``TICK_S`` between them. A healthy seed runs
+the whole default run (``make train``: 600 updates, the learning rate annealed over them); a fault
+is injected into a default run at ``FAULT_AT`` and watched until ``WATCH_UNTIL``, when the run is
+stopped with SIGTERM as a user would stop it. A cell says ``quiet`` or ``fired at update N`` (the
+ppo_update the consumer had folded when the rule first fired).
 """
 
 from __future__ import annotations
@@ -20,22 +23,32 @@ from pathlib import Path
 
 from bench.ports import free_endpoint
 from bench.report import Figure, at_least, at_most
+from bus.aggregator import fold
 from bus.contract import Envelope, PPOUpdate, TrainingFinished
 from bus.feed import Item
+from bus.state import Snapshot
 from consumers.alerts.backtest import replay
 from consumers.alerts.engine import FIRING, Notification
 from consumers.alerts.rules import Rule, default_rules
+from consumers.tui.health import assess
+from consumers.tui.thresholds import Level, gradient_cv_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK_S = 0.5
 """Between two received items the engine is also evaluated every this many seconds (the daemon ticks)."""
 HEALTHY_SEEDS = (1, 2, 3)
-UPDATES = 60
-"""Updates per scenario: faults are injected at ``FAULT_AT`` and get the rest of the run to be seen."""
 FAULT_AT = 25
-"""After the TUI's warm-up and the first few throttled measurements (diagnostics_every = 10)."""
+"""After the TUI's warm-up and the first few throttled measurements (diagnostics_every = 10), while
+the return still climbs."""
+WATCH_UNTIL = 90
+"""A fault run is stopped (SIGTERM) once the subscriber has this update: 65 updates to be seen (the
+pooled gradient_cv lags a sudden loss of signal by several measurements: docs/faults.md)."""
+DEFAULT_UPDATES = 600
+"""``make train``'s run length (``TrainConfig.updates``; a test keeps the two equal)."""
+QUICK_UPDATES = 40
+"""``--quick``: every run this short (``--updates``), faults at update 15: checks the harness only."""
 FAULT_SEED = 1
-RUN_TIMEOUT_S = 600.0
+RUN_TIMEOUT_S = 900.0
 HANG_HOLD_S = 50.0
 """A run that stops making updates (the ``hang`` fault holds until interrupted) is sent SIGTERM after
 this long without a ppo_update: past the STUCK bound's 30 s floor, so ``trainer_stuck`` can fire, and
@@ -53,6 +66,9 @@ EXPECTED: dict[str, str] = {
 }
 """Each fault and the default rule that must fire on it."""
 CUDA_ONLY = frozenset({"fragment"})
+TINY_BATCH = "tiny batch"
+TINY_BATCH_FLAGS = ("--n-envs", "2", "--rollout-steps", "8", "--num-minibatches", "2")
+"""The issue's too-small batch: 2 envs x 8 steps (B = 16), a whole default-length run."""
 
 
 @dataclass(frozen=True)
@@ -65,24 +81,37 @@ class Scenario:
     """``KIND@UPDATE`` arguments of ``--fault``."""
     expect: str = ""
     """The default rule this scenario must fire; "" for a healthy run (nothing may fire)."""
+    stop_at: int | None = None
+    """Stop the run (SIGTERM) once the subscriber has this update; None: let it finish."""
+    updates: int | None = None
+    """``--updates``; None: the default run's length."""
+    flags: tuple[str, ...] = ()
+    """More producer flags (a non-default configuration)."""
 
-    def argv(self, endpoint: str, updates: int) -> list[str]:
+    def argv(self, endpoint: str) -> list[str]:
         args = [sys.executable, "-m", "producer", "--endpoint", endpoint, "--wait-for-subscriber", "60"]
-        args += ["--updates", str(updates), "--seed", str(self.seed)]
+        if self.updates is not None:
+            args += ["--updates", str(self.updates)]
+        args += ["--seed", str(self.seed), *self.flags]
         for fault in self.faults:
             args += ["--fault", fault]
         return args
 
 
 def scenarios(
-    seeds: Sequence[int] = HEALTHY_SEEDS, fault_at: int = FAULT_AT, cuda: bool = False
+    seeds: Sequence[int] = HEALTHY_SEEDS, cuda: bool = False, quick: bool = False
 ) -> list[Scenario]:
     """The healthy seeds, then one run per fault (``fragment`` only where ``cuda``)."""
-    out = [Scenario(f"healthy seed {s}", s) for s in seeds]
+    updates = QUICK_UPDATES if quick else None
+    fault_at, stop_at = (15, None) if quick else (FAULT_AT, WATCH_UNTIL)
+    out = [Scenario(f"healthy seed {s}", s, updates=updates) for s in seeds]
     for kind, rule in EXPECTED.items():
         if kind in CUDA_ONLY and not cuda:
             continue
-        out.append(Scenario(kind, FAULT_SEED, (f"{kind}@{fault_at}",), rule))
+        out.append(Scenario(kind, FAULT_SEED, (f"{kind}@{fault_at}",), rule, stop_at, updates))
+    # Not a fault: a batch far too small for this task (B = 16 against a noise scale in the hundreds),
+    # healthy otherwise; its gradient is mostly noise from the start, and gradient_cv must say so.
+    out.append(Scenario(TINY_BATCH, FAULT_SEED, (), "gradient_cv", updates=updates, flags=TINY_BATCH_FLAGS))
     return out
 
 
@@ -98,6 +127,47 @@ class Outcome:
     fired: dict[str, int | None]
     error: str = ""
     """Why the run produced no usable recording (the producer failed); the row is then not judged."""
+    dashboard: list[tuple[int, str]] = field(default_factory=list)
+    """``dashboard_warnings`` of the recording: what the dashboard would have warned about."""
+
+
+def dashboard_warnings(timeline: Iterable[tuple[float, Item]]) -> list[tuple[int, str]]:
+    """(update, what) for each ppo_update after which the dashboard warned: its banner status
+    (``consumers.tui.health.assess``, warm-up included) at WARN, FAIL or REGRESSING, or its
+    gradient CV footer word (``gradient_cv_verdict``) at noisy or BAD."""
+    state = Snapshot()
+    out: list[tuple[int, str]] = []
+    for received_at, item in timeline:
+        state = fold(state, item, received_at)
+        if not (isinstance(item, Envelope) and isinstance(item.event, PPOUpdate)):
+            continue
+        status = assess(state)
+        if status.level >= Level.WARN:
+            out.append((item.event.update, status.label))
+        gq = state.tamiyo.gradient_quality
+        if gq.gradient_cv_step >= 0:
+            word, level = gradient_cv_verdict(gq.gradient_cv, state.rollout.return_windows)
+            if level >= Level.WARN:
+                out.append((item.event.update, f"CV {word}"))
+    return out
+
+
+def spans(warnings: Sequence[tuple[int, str]]) -> str:
+    """``WARN:KL at 31-33, CV noisy at 41`` (consecutive updates of one label joined), or ``none``."""
+    by_label: dict[str, list[int]] = {}
+    for update, label in warnings:
+        by_label.setdefault(label, []).append(update)
+    parts = []
+    for label, updates in by_label.items():
+        runs: list[list[int]] = []
+        for u in updates:
+            if runs and u - runs[-1][-1] <= 1:
+                runs[-1].append(u)
+            else:
+                runs.append([u])
+        where = ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+        parts.append(f"{label} at {where}")
+    return "; ".join(parts) or "none"
 
 
 def first_firings(
@@ -115,7 +185,7 @@ def first_firings(
     return fired
 
 
-def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -> tuple[Timeline, str]:
+def record(scenario: Scenario, timeout_s: float = RUN_TIMEOUT_S) -> tuple[Timeline, str]:
     """Run the producer for ``scenario`` and record what a subscriber receives; (timeline, error or "")."""
     import zmq
 
@@ -124,7 +194,7 @@ def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -
     endpoint = free_endpoint()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        scenario.argv(endpoint, updates),
+        scenario.argv(endpoint),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -146,6 +216,8 @@ def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -
                     timeline.append((now, item))
                     if isinstance(item, Envelope) and isinstance(item.event, PPOUpdate):
                         last_update_at = now
+                        if scenario.stop_at is not None and item.event.update >= scenario.stop_at:
+                            proc.terminate()  # watched long enough: stopped as a user would (interrupted)
                     if isinstance(item, Envelope) and isinstance(item.event, TrainingFinished):
                         finished_at = now
                 exited = proc.poll() is not None
@@ -170,10 +242,11 @@ def record(scenario: Scenario, updates: int, timeout_s: float = RUN_TIMEOUT_S) -
     return timeline, ""
 
 
-def run_scenario(scenario: Scenario, updates: int, rules: list[Rule]) -> Outcome:
-    timeline, error = record(scenario, updates)
-    fired = first_firings(timeline, rules) if not error else {rule.name: None for rule in rules}
-    return Outcome(scenario, fired, error)
+def run_scenario(scenario: Scenario, rules: list[Rule]) -> Outcome:
+    timeline, error = record(scenario)
+    if error:
+        return Outcome(scenario, {rule.name: None for rule in rules}, error)
+    return Outcome(scenario, first_firings(timeline, rules), dashboard=dashboard_warnings(timeline))
 
 
 def cell(outcome: Outcome, rule: str) -> str:
@@ -234,24 +307,26 @@ def _cuda_available() -> bool:
 def truth_table(quick: bool = False, workers: int = 2) -> list[Figure]:
     """Run every scenario (``workers`` at a time), print the table to stdout, return two figures."""
     rules = default_rules()
-    updates = 40 if quick else UPDATES
-    fault_at = 15 if quick else FAULT_AT
-    chosen = scenarios(HEALTHY_SEEDS, fault_at, cuda=_cuda_available())
+    chosen = scenarios(HEALTHY_SEEDS, cuda=_cuda_available(), quick=quick)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(pool.map(lambda s: run_scenario(s, updates, rules), chosen))
-    print(
-        f"\nAlert truth table: {updates} updates per run, faults at update {fault_at}; "
-        "the rule each fault must fire is in bold.\n"
-    )
+        outcomes = list(pool.map(lambda s: run_scenario(s, rules), chosen))
+    if quick:
+        shape = f"{QUICK_UPDATES} updates per run, faults at update 15 (--quick: the harness only)"
+    else:
+        shape = f"healthy seeds: whole default runs; faults at update {FAULT_AT}, stopped at {WATCH_UNTIL}"
+    print(f"\nAlert truth table: {shape}; the rule each fault must fire is in bold.\n")
     print(table(outcomes, [rule.name for rule in rules]))
     v = judge(outcomes)
     healthy = [o for o in outcomes if not o.scenario.expect and not o.error]
     faulty = [o for o in outcomes if o.scenario.expect]  # a run that failed counts as not caught
+    print("\nThe dashboard on the healthy seeds (banner WARN/FAIL/REGRESSING, CV footer noisy/BAD):")
+    for o in healthy:
+        print(f"- {o.scenario.name}: {spans(o.dashboard)}")
     if v.false_alarms:
         print("\nfalse alarms: " + "; ".join(v.false_alarms))
     if v.missed:
         print("faults no rule of theirs caught: " + ", ".join(v.missed))
-    how = f"default rules x {len(healthy)} healthy seeds, {updates} updates"
+    how = f"default rules x {len(healthy)} healthy seeds ({shape})"
     return [
         at_most(
             "truth_false_alarms",
@@ -262,6 +337,15 @@ def truth_table(quick: bool = False, workers: int = 2) -> list[Figure]:
             0.0,
             how,
         ),
+        at_most(
+            "truth_dashboard_warnings",
+            "dashboard warnings on healthy seeds (updates with a WARN, FAIL, REGRESSING or noisy CV)",
+            float(sum(len(o.dashboard) for o in healthy)),
+            float(sum(o.scenario.updates or DEFAULT_UPDATES for o in healthy) or 1),
+            "updates",
+            0.0,
+            how,
+        ),
         at_least(
             "truth_faults_caught",
             "injected faults caught by their rule",
@@ -269,6 +353,6 @@ def truth_table(quick: bool = False, workers: int = 2) -> list[Figure]:
             float(max(1, len(faulty))),
             "faults",
             1.0,
-            f"one run per fault at update {fault_at}; errors: {', '.join(v.errors) or 'none'}",
+            f"one run per fault; errors: {', '.join(v.errors) or 'none'}",
         ),
     ]

@@ -50,8 +50,8 @@ class TrainConfig:
     """torch CPU threads; the tensors are small, so one thread is fastest on CPU."""
 
     # -- environment -----------------------------------------------------------
-    n_envs: int = knob(64, ge=1)
-    """Parallel environments, stepped as one batch (64 x 32 steps: gradient_cv below 2.0, docs/metrics.md)."""
+    n_envs: int = knob(128, ge=1)
+    """Parallel environments, stepped as one batch (128 x 32: gradient_cv below 2.0 while learning)."""
     n_slots: int = knob(3, ge=1)
     """Seed slots in the host network; the size of the slot head."""
     max_epochs: int = knob(25, ge=1)
