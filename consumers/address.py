@@ -55,3 +55,17 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default: str, unauthe
         help=f"allow an address beyond loopback; {unauthenticated} has no authentication "
         "(prefer an SSH tunnel)",
     )
+
+
+def remote_refusal(address: Address, allow_remote: bool, unauthenticated: str, remedy: str) -> str | None:
+    """Why a server must not start on ``address``: beyond loopback without ``--allow-remote``; else None.
+
+    ``unauthenticated`` names what has no authentication (as in ``add_serving_arguments``), ``remedy``
+    what to do instead.
+    """
+    if address.loopback or allow_remote:
+        return None
+    return (
+        f"refusing to serve on {address.url}: it is not loopback and {unauthenticated} has no "
+        f"authentication. {remedy}, or pass --allow-remote."
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bus.endpoint import EndpointError, add_endpoint_argument, check_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
-from consumers.address import AddressError, add_serving_arguments, parse_address
+from consumers.address import AddressError, add_serving_arguments, parse_address, remote_refusal
 from consumers.runtime import StopSignal, run_loop, setup_logging
 
 log = logging.getLogger("consumers.exporter")
@@ -106,13 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.expire_after > 0:
         print(f"tamiyo-export: --expire-after must be > 0, got {args.expire_after:g}", file=sys.stderr)
         return EXIT_BAD_ARGS
-    if not address.loopback and not args.allow_remote:
-        print(
-            f"tamiyo-export: refusing to serve on {address.url}: it is not loopback and /metrics has no "
-            "authentication. Run Prometheus on this host or scrape through an SSH tunnel, "
-            "or pass --allow-remote.",
-            file=sys.stderr,
-        )
+    refusal = remote_refusal(
+        address, args.allow_remote, "/metrics", "Run Prometheus on this host or scrape through an SSH tunnel"
+    )
+    if refusal:
+        print(f"tamiyo-export: {refusal}", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
         from prometheus_client import CollectorRegistry, start_http_server

@@ -16,6 +16,13 @@ from consumers.tui.browse import BrowseApp
 MAX_REFRESH_HZ = 30.0
 
 
+def refresh_hz_problem(hz: float) -> str | None:
+    """Why ``--refresh-hz`` ``hz`` is refused (outside (0, MAX_REFRESH_HZ]), or None."""
+    if 0 < hz <= MAX_REFRESH_HZ:
+        return None
+    return f"--refresh-hz must be in (0, {MAX_REFRESH_HZ:g}], got {hz:g}"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m consumers.tui",
@@ -47,11 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EndpointError, SecurityError) as exc:
         print(f"tamiyo-tui: {exc}", file=sys.stderr)
         return EXIT_BAD_ENDPOINT
-    if not 0 < args.refresh_hz <= MAX_REFRESH_HZ:
-        print(
-            f"tamiyo-tui: --refresh-hz must be in (0, {MAX_REFRESH_HZ:g}], got {args.refresh_hz:g}",
-            file=sys.stderr,
-        )
+    problem = refresh_hz_problem(args.refresh_hz)
+    if problem:
+        print(f"tamiyo-tui: {problem}", file=sys.stderr)
         return EXIT_BAD_ENDPOINT
     if args.run is not None:
         try:

@@ -9,8 +9,8 @@ import sys
 
 from bus.endpoint import EndpointError, add_endpoint_argument, check_endpoint
 from bus.security import SecurityError, add_security_arguments, subscriber_security
-from consumers.address import AddressError, add_serving_arguments, parse_address
-from consumers.tui.__main__ import MAX_REFRESH_HZ
+from consumers.address import AddressError, add_serving_arguments, parse_address, remote_refusal
+from consumers.tui.__main__ import refresh_hz_problem
 from consumers.tui.app import DEFAULT_REFRESH_HZ
 
 DEFAULT_ADDRESS = "127.0.0.1:8000"
@@ -70,18 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except (EndpointError, SecurityError, AddressError) as exc:
         print(f"tamiyo-web: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
-    if not 0 < args.refresh_hz <= MAX_REFRESH_HZ:
-        print(
-            f"tamiyo-web: --refresh-hz must be in (0, {MAX_REFRESH_HZ:g}], got {args.refresh_hz:g}",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_ARGS
-    if not address.loopback and not args.allow_remote:
-        print(
-            f"tamiyo-web: refusing to serve on {address.url}: it is not loopback and the page has no "
-            "authentication. Use an SSH tunnel (`ssh -L 8000:127.0.0.1:8000 HOST`), or pass --allow-remote.",
-            file=sys.stderr,
-        )
+    problem = refresh_hz_problem(args.refresh_hz) or remote_refusal(
+        address, args.allow_remote, "the page", "Use an SSH tunnel (`ssh -L 8000:127.0.0.1:8000 HOST`)"
+    )
+    if problem:
+        print(f"tamiyo-web: {problem}", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
         from consumers.web.server import DashboardServer
