@@ -8,6 +8,7 @@ import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
+from rich.cells import cell_len
 from testkit.hostile import EXTREME_FLOATS, HOSTILE_TEXT, hostile_floats, wire_text
 from tui_helpers import async_test, settle
 from tui_synth import Clock, Run, batch, finished, healthy_run, heartbeat, ppo, started
@@ -36,7 +37,7 @@ def _assert_sane(app: TamiyoApp, text: str, width: int) -> None:
     assert app.is_running and app.return_code is None
     for line in text.splitlines():
         assert line.isprintable(), repr(line)
-        assert len(line) <= width
+        assert cell_len(line) <= width, repr(line)  # cells, not code points: a combining mark takes none
 
 
 async def _show(app: TamiyoApp, pilot: object, width: int) -> str:
@@ -88,6 +89,7 @@ async def test_terminal_escapes_and_line_breaks_from_the_wire_are_written_out_vi
     size=st.sampled_from(SIZES),
 )
 @example(run_id=HOSTILE_TEXT[0], texts=HOSTILE_TEXT[:9], heads=HOSTILE_TEXT[-3:], size=SIZES[0])
+@example(run_id="r", texts=["t"] * 6 + ["\u0d3b"] + ["t"] * 2, heads=["h"], size=SIZES[0])  # a combining mark
 def test_any_wire_string_is_drawn_as_printable_text(run_id, texts, heads, size):
     task, device, reward, backend, mode, torch_v, host, phase, error = texts
     run = Run(run_id)
